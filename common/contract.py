@@ -1,0 +1,105 @@
+"""The contract between the API and the workers: task name, payload and Redis keys.
+
+Both sides import this module, so it imports only the standard library.
+
+Image bytes never travel inside a Celery message. The API writes each decoded
+image to its own Redis key, writes a task document (a Redis hash) and sends a
+Celery task that carries only the task id, the image count and the detection
+parameters. The worker reads the bytes, updates the task document as images
+finish, stores the result document and pushes a token onto the task's done
+list, which a synchronous caller waits on with BLPOP.
+
+Every key below is written with a TTL, so Redis holds nothing of a task once
+its result has expired.
+"""
+
+from typing import Literal, NotRequired, TypedDict
+
+TASK_NAME = "eventsnap.embed_faces"
+QUEUE_NAME = "faces"
+KEY_PREFIX = "eventsnap"
+
+TaskState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class DetectionParams(TypedDict):
+    """Per-request detector settings, validated by the API before enqueueing."""
+
+    max_faces: int
+    det_conf: float
+    nms_thresh: float
+
+
+class TaskPayload(TypedDict):
+    """Keyword arguments of the embedding task; plain JSON by design."""
+
+    task_id: str
+    image_count: int
+    params: DetectionParams
+    request_id: str
+
+
+class Face(TypedDict):
+    """One detected face in the HTTP response shape."""
+
+    bbox: list[float]
+    kps: list[list[float]]
+    det_score: float
+    embedding: list[float]
+
+
+ErrorCode = Literal[
+    "image_decode_failed",
+    "image_missing",
+    "cancelled",
+    "time_limit_exceeded",
+    "internal_error",
+]
+
+
+class ImageError(TypedDict):
+    """A failure of one image, or of the whole task when `index` is None."""
+
+    index: int | None
+    code: ErrorCode
+    message: str
+
+
+class TaskResult(TypedDict):
+    """The document the worker stores under `result_key(task_id)`."""
+
+    task_id: str
+    state: TaskState
+    faces: list[list[Face] | None]
+    errors: list[ImageError]
+    worker: str
+    timings_ms: NotRequired[dict[str, float]]
+
+
+def image_key(task_id: str, index: int) -> str:
+    """Return the Redis key that holds the raw bytes of one input image."""
+    return f"{KEY_PREFIX}:image:{task_id}:{index}"
+
+
+def task_key(task_id: str) -> str:
+    """Return the Redis hash with a task's state, progress and timestamps."""
+    return f"{KEY_PREFIX}:task:{task_id}"
+
+
+def result_key(task_id: str) -> str:
+    """Return the Redis key that holds a task's result document (JSON)."""
+    return f"{KEY_PREFIX}:result:{task_id}"
+
+
+def done_key(task_id: str) -> str:
+    """Return the Redis list a worker pushes to once a task's result is stored."""
+    return f"{KEY_PREFIX}:done:{task_id}"
+
+
+def worker_key(hostname: str) -> str:
+    """Return the Redis key a worker refreshes as its heartbeat."""
+    return f"{KEY_PREFIX}:worker:{hostname}"
+
+
+WORKER_KEY_PATTERN = f"{KEY_PREFIX}:worker:*"

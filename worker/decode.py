@@ -1,0 +1,57 @@
+"""Decode image files of any accepted format into 8-bit BGR arrays for the models.
+
+Pillow decodes every format the API accepts. The orientation stored in EXIF is
+applied first, so coordinates refer to the image as a viewer shows it.
+"""
+
+from io import BytesIO
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageOps
+
+# The API enforces MAX_IMAGE_PIXELS from the file header before an image is
+# queued, so Pillow's own decompression-bomb guard would only reject images the
+# operator allowed on purpose.
+Image.MAX_IMAGE_PIXELS = None
+
+WHITE = (255, 255, 255)
+
+
+class DecodeError(ValueError):
+    """An image file could not be decoded; the message says why."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB.
+
+    16-bit and 32-bit grey are scaled to 8 bits instead of clipped, and
+    transparent pixels are composited onto white.
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        grey = np.clip(values * (255.0 / peak), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*WHITE, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes) -> NDArray[np.uint8]:
+    """Return the first frame of an image file as a contiguous BGR uint8 array."""
+    try:
+        with Image.open(BytesIO(data)) as image:
+            image.seek(0)
+            upright = ImageOps.exif_transpose(image)
+            rgb = to_rgb(upright)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise DecodeError(f"the image data could not be decoded: {error}") from error
+
+    array = np.asarray(rgb, dtype=np.uint8)
+    return np.ascontiguousarray(array[:, :, ::-1])

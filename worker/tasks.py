@@ -1,0 +1,190 @@
+"""The embedding task: read a task's images from Redis, run the models, store the result.
+
+Delivery is at-least-once (acks_late), so a task may run twice after a worker
+crash. Running it again is safe: image keys are deleted only after the result
+is stored, and a task whose document is already final is not run again.
+"""
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+
+import orjson
+import redis
+
+from common.contract import (
+    FINAL_STATES,
+    DetectionParams,
+    ImageError,
+    done_key,
+    image_key,
+    result_key,
+    task_key,
+)
+from common.logs import request_id_var
+from worker.models import FaceModels
+from worker.pipeline import ChunkProcessor, StageTimer
+from worker.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    """Return a name for this worker process that is unique across hosts."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class TaskRunner:
+    """Runs embedding tasks against one Redis and one set of loaded models."""
+
+    def __init__(self, client: redis.Redis, models: FaceModels, settings: WorkerSettings):
+        self.redis = client
+        self.models = models
+        self.settings = settings
+        self.processor = ChunkProcessor(models, settings.max_faces_per_image)
+        self.name = worker_name()
+
+    def state(self, task_id: str) -> str | None:
+        value: bytes | None = self.redis.hget(task_key(task_id), "state")  # type: ignore[assignment]
+        return value.decode() if value is not None else None
+
+    def run(self, task_id: str, image_count: int, params: DetectionParams, request_id: str) -> str:
+        """Process one task end to end and return its final state."""
+        token = request_id_var.set(request_id)
+        try:
+            return self._run(task_id, image_count, params)
+        except redis.RedisError:
+            # Without Redis the failure cannot be recorded; the broker redelivers
+            # the unacknowledged task once the worker reconnects.
+            logger.exception("Task %s lost its Redis connection", task_id)
+            raise
+        except Exception as error:
+            logger.exception("Task %s failed", task_id)
+            self._store_failure(task_id, image_count, f"{type(error).__name__}: {error}")
+            return "failed"
+        finally:
+            request_id_var.reset(token)
+
+    def _run(self, task_id: str, image_count: int, params: DetectionParams) -> str:
+        state = self.state(task_id)
+        if state is None:
+            logger.warning(
+                "Task %s has no document (expired or never created); dropping it", task_id
+            )
+            self._delete_images(task_id, image_count)
+            return "missing"
+        if state in FINAL_STATES:
+            # A redelivery after the result was stored, or a task cancelled while queued.
+            logger.info("Task %s is already %s; not running it again", task_id, state)
+            self._delete_images(task_id, image_count)
+            self._notify(task_id)
+            return state
+
+        logger.info("Task %s started: %d images, params=%s", task_id, image_count, params)
+        self.redis.hset(
+            task_key(task_id),
+            mapping={"state": "running", "started_at": time.time(), "worker": self.name},
+        )
+
+        timer = StageTimer()
+        faces: list[list[dict[str, object]] | None] = []
+        errors: list[ImageError] = []
+        chunk = self.settings.chunk_images
+        for first in range(0, image_count, chunk):
+            if self.state(task_id) == "cancelled":
+                break
+            indexes = range(first, min(first + chunk, image_count))
+            files = self._read_images(task_id, indexes)
+            chunk_faces, chunk_errors = self.processor.process(
+                files, first, params, timer, lambda: self.state(task_id) == "cancelled"
+            )
+            faces.extend(chunk_faces)
+            errors.extend(chunk_errors)
+            self.redis.hincrby(task_key(task_id), "done", len(indexes))
+
+        if self.state(task_id) == "cancelled":
+            logger.info("Task %s cancelled after %d of %d images", task_id, len(faces), image_count)
+            self._delete_images(task_id, image_count)
+            self._notify(task_id)
+            return "cancelled"
+
+        self._store_result(task_id, image_count, faces, errors, timer)
+        logger.info(
+            "Task %s succeeded: %d images, %d faces, %d errors, stages_ms=%s",
+            task_id,
+            image_count,
+            sum(len(item) for item in faces if item is not None),
+            len(errors),
+            {stage: round(value, 1) for stage, value in timer.totals.items()},
+        )
+        return "succeeded"
+
+    def _read_images(self, task_id: str, indexes: Sequence[int]) -> list[bytes | None]:
+        keys = [image_key(task_id, index) for index in indexes]
+        values: list[bytes | None] = self.redis.mget(keys)  # type: ignore[assignment]
+        return values
+
+    def _store_result(
+        self,
+        task_id: str,
+        image_count: int,
+        faces: list[list[dict[str, object]] | None],
+        errors: list[ImageError],
+        timer: StageTimer,
+    ) -> None:
+        """Store the result, finish the task document, wake the waiter, drop the images.
+
+        One MULTI/EXEC transaction, so a reader sees either the running task or
+        the finished one with its result, never half of it.
+        """
+        ttl = self.settings.result_ttl
+        body = orjson.dumps(faces, option=orjson.OPT_SERIALIZE_NUMPY)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(result_key(task_id), body, ex=ttl)
+        pipe.hset(
+            task_key(task_id),
+            mapping={
+                "state": "succeeded",
+                "done": image_count,
+                "finished_at": time.time(),
+                "errors": orjson.dumps(errors),
+                "timings_ms": orjson.dumps(timer.totals),
+            },
+        )
+        pipe.expire(task_key(task_id), ttl)
+        pipe.rpush(done_key(task_id), b"1")
+        pipe.expire(done_key(task_id), ttl)
+        pipe.delete(*[image_key(task_id, index) for index in range(image_count)])
+        pipe.execute()
+
+    def _store_failure(self, task_id: str, image_count: int, reason: str) -> None:
+        """Mark the whole task failed with its reason and wake the waiter."""
+        error: ImageError = {"index": None, "code": "internal_error", "message": reason}
+        ttl = self.settings.result_ttl
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
+            task_key(task_id),
+            mapping={
+                "state": "failed",
+                "finished_at": time.time(),
+                "errors": orjson.dumps([error]),
+            },
+        )
+        pipe.expire(task_key(task_id), ttl)
+        pipe.rpush(done_key(task_id), b"1")
+        pipe.expire(done_key(task_id), ttl)
+        if image_count:
+            pipe.delete(*[image_key(task_id, index) for index in range(image_count)])
+        pipe.execute()
+
+    def _notify(self, task_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.rpush(done_key(task_id), b"1")
+        pipe.expire(done_key(task_id), self.settings.result_ttl)
+        pipe.execute()
+
+    def _delete_images(self, task_id: str, image_count: int) -> None:
+        if image_count:
+            self.redis.delete(*[image_key(task_id, index) for index in range(image_count)])
