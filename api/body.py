@@ -1,0 +1,26 @@
+"""Read request bodies with a size limit, so an oversized upload is refused early."""
+
+from fastapi import HTTPException, Request
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Return the body, or raise 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, body_too_large(int(declared), limit))
+
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise HTTPException(413, body_too_large(received, limit))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def body_too_large(size: int, limit: int) -> str:
+    return (
+        f"Request body of {size} bytes or more is over the limit of {limit} bytes "
+        "(MAX_BODY_BYTES); send fewer or smaller images per request."
+    )

@@ -1,0 +1,85 @@
+"""The FastAPI application: `uvicorn api.main:app --host 0.0.0.0 --port 5000`.
+
+The API validates requests, stores image bytes in Redis and waits for the
+workers' results. It imports no model code (onnxruntime, insightface, OpenCV).
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import kombu.exceptions
+import redis.exceptions
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api.middleware import RequestIdMiddleware
+from api.queue import TaskQueue
+from api.routes import detect, health
+from api.settings import get_settings
+from common.logs import configure_logging
+
+logger = logging.getLogger("api")
+
+BROKER_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Open the Redis pool and the Celery producer for the life of the process."""
+    settings = get_settings()
+    app.state.queue = TaskQueue(settings)
+    logger.info(
+        "API started: redis=%s request_timeout=%.0fs max_images=%d",
+        redact(settings.redis_url),
+        settings.request_timeout,
+        settings.max_images_per_request,
+    )
+    yield
+    await app.state.queue.close()
+    logger.info("API stopped")
+
+
+def redact(url: str) -> str:
+    """Hide the password of a Redis URL for logs."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}***@{host}" if at and credentials else url
+
+
+async def broker_unavailable(request: Request, error: Exception) -> JSONResponse:
+    """Answer 503 with Retry-After when Redis cannot be reached."""
+    logger.error("Broker unreachable during %s %s: %s", request.method, request.url.path, error)
+    return JSONResponse(
+        {
+            "detail": "The broker (Redis) is unreachable, so the request was not queued. "
+            "Retry after a few seconds; operators should check REDIS_URL and the Redis server."
+        },
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    app = FastAPI(
+        title="Eventsnap Inference",
+        version="0.1.0",
+        description="Face detection and 512-value ArcFace embeddings for event photos.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    for error_type in BROKER_ERRORS:
+        app.add_exception_handler(error_type, broker_unavailable)
+    app.include_router(detect.router)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

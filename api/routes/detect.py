@@ -1,0 +1,89 @@
+"""POST /: the synchronous contract. Send images, wait, get faces back."""
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.body import read_body
+from api.deps import QueueDep, SettingsDep
+from api.schemas import DetectRequest, FacePublic, MessageResponse, ValidationErrorResponse
+from api.settings import ApiSettings
+from api.validation import ValidBatch, error_entry, parse_batch
+from common.logs import request_id_var
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": DetectRequest.model_json_schema()}},
+    }
+}
+
+
+async def read_batch(request: Request, settings: ApiSettings, max_images: int) -> ValidBatch:
+    """Read the body with its size limit and validate it in a worker thread."""
+    body = await read_body(request, settings.max_body_bytes)
+    return await run_in_threadpool(
+        parse_batch,
+        body,
+        max_images=max_images,
+        max_image_bytes=settings.max_image_bytes,
+        max_image_pixels=settings.max_image_pixels,
+    )
+
+
+@router.post(
+    "/",
+    summary="Detect and embed faces, waiting for the result",
+    response_model=list[list[FacePublic]],
+    openapi_extra=REQUEST_BODY,
+    responses={
+        413: {"model": MessageResponse, "description": "Request body over MAX_BODY_BYTES."},
+        422: {"model": ValidationErrorResponse, "description": "Invalid image or parameter."},
+        503: {"model": MessageResponse, "description": "Redis unreachable; retry later."},
+        504: {"model": MessageResponse, "description": "No worker answered in time."},
+    },
+)
+async def detect_faces(request: Request, queue: QueueDep, settings: SettingsDep) -> Response:
+    """Return, per input image in order, its faces largest first with 512-value embeddings."""
+    batch = await read_batch(request, settings, settings.max_images_per_request)
+    task_id = await queue.submit(batch.images, batch.params, request_id_var.get(), kind="sync")
+
+    if not await queue.wait(task_id, settings.request_timeout):
+        # Nobody waits for this task any more; a worker that picks it up later skips it.
+        await queue.cancel_if_unfinished(task_id)
+        logger.warning(
+            "Task %s: no worker answered within %.0f s", task_id, settings.request_timeout
+        )
+        raise HTTPException(
+            504,
+            f"No worker answered within {settings.request_timeout:.0f} s (REQUEST_TIMEOUT). "
+            "Check that workers are running (GET /ready), or submit large batches to "
+            "POST /tasks and poll.",
+        )
+
+    outcome = await queue.outcome(task_id)
+    image_errors = [error for error in outcome.errors if error["index"] is not None]
+    if outcome.state == "succeeded" and image_errors:
+        raise RequestValidationError(
+            [
+                error_entry(
+                    ("body", "inputs", error["index"]),
+                    error["code"],
+                    f"Image {error['index']}: {error['message']}",
+                )
+                for error in image_errors
+                if error["index"] is not None
+            ]
+        )
+    if outcome.state != "succeeded" or outcome.faces_json is None:
+        reasons = "; ".join(error["message"] for error in outcome.errors) or outcome.state
+        logger.error("Task %s ended %s: %s", task_id, outcome.state, reasons)
+        raise HTTPException(500, f"Task {task_id} ended {outcome.state}: {reasons}")
+
+    return Response(outcome.faces_json, media_type="application/json")

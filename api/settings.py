@@ -1,0 +1,54 @@
+"""API settings, read from environment variables (no prefix) by pydantic-settings."""
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class ApiSettings(BaseSettings):
+    """Every option the API reads; invalid values stop the process at start."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis used as Celery broker, image store and result store.",
+    )
+    request_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds POST / waits for a worker before answering 504.",
+    )
+    result_ttl: int = Field(
+        default=3600,
+        gt=0,
+        description="Seconds that task documents, results and unread image bytes live in Redis.",
+    )
+    max_images_per_request: int = Field(
+        default=32, ge=1, description="Images accepted in one POST / body."
+    )
+    max_image_bytes: int = Field(
+        default=20 * MIB, ge=1, description="Decoded size limit of one image file, in bytes."
+    )
+    max_image_pixels: int = Field(
+        default=64_000_000,
+        ge=1,
+        description="Width times height limit of one image, read from the file header.",
+    )
+    max_body_bytes: int = Field(
+        default=128 * MIB, ge=1, description="Size limit of a request body, in bytes (413 above)."
+    )
+    log_level: str = Field(default="INFO", description="Python logging level name.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="`json` writes one JSON object per log line."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ApiSettings:
+    """Return the process-wide settings, read once from the environment."""
+    return ApiSettings()
