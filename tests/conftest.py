@@ -47,7 +47,8 @@ class ServiceProcess:
         )
 
     def log(self) -> str:
-        self.log_file.flush()
+        if not self.log_file.closed:
+            self.log_file.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig_kill: bool = False) -> None:

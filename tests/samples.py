@@ -3,6 +3,7 @@
 import base64
 import importlib.util
 import io
+import zlib
 from functools import cache
 from pathlib import Path
 
@@ -74,13 +75,13 @@ def with_exif_orientation(image: Image.Image, orientation: int) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height, with almost no pixel data."""
-    real = encode(Image.new("RGB", (1, 1)), "PNG")
-    header = bytearray(real)
-    # IHDR starts at byte 16: width and height as big-endian 32-bit integers. The
-    # CRC is left stale because header readers do not check it.
-    header[16:20] = width.to_bytes(4, "big")
-    header[20:24] = height.to_bytes(4, "big")
-    return bytes(header)
+    real = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
+    # The IHDR chunk's data starts at byte 16 with width and height as big-endian
+    # 32-bit integers; its CRC over type and data follows at byte 29.
+    real[16:20] = width.to_bytes(4, "big")
+    real[20:24] = height.to_bytes(4, "big")
+    real[29:33] = zlib.crc32(bytes(real[12:29])).to_bytes(4, "big")
+    return bytes(real)
 
 
 def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:

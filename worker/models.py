@@ -8,6 +8,7 @@ GPU's appetite for large batches both reward it.
 """
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,11 @@ from worker.providers import ProviderSpec, check_session_providers, requested_pr
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
+
+# insightface's norm_crop calls scikit-image's SimilarityTransform.estimate,
+# deprecated in scikit-image 0.26; the result is unchanged, and the warning would
+# otherwise appear in the first task's log of every worker.
+warnings.filterwarnings("ignore", message=r"`estimate` is deprecated", category=FutureWarning)
 
 FloatArray = NDArray[np.float32]
 ImageArray = NDArray[np.uint8]
