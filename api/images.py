@@ -34,7 +34,7 @@ class ImageInputError(ValueError):
 
 @dataclass(frozen=True)
 class CheckedImage:
-    """An image file that passed validation, with what its header says."""
+    """An image file that passed validation, with the format and size from its header."""
 
     data: bytes
     format: str
@@ -77,7 +77,7 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def name_unsupported_format(data: bytes) -> str | None:
-    """Name a known but unsupported format, so the error can say what was sent."""
+    """Name a known but unsupported format, so the error message can name it."""
     if data[4:8] == b"ftyp":
         brand = data[8:12]
         if brand in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"):
@@ -116,8 +116,10 @@ def check_image(text: str, max_bytes: int, max_pixels: int) -> CheckedImage:
     image_format = sniff_format(data)
     if image_format is None:
         named = name_unsupported_format(data)
-        what = f"is {named}, which is not supported" if named else "is not a recognised image file"
-        raise ImageInputError("image_format_unsupported", f"{what}; send {ACCEPTED_FORMATS}")
+        description = (
+            f"is {named}, which is not supported" if named else "is not a recognised image file"
+        )
+        raise ImageInputError("image_format_unsupported", f"{description}; send {ACCEPTED_FORMATS}")
 
     try:
         with Image.open(BytesIO(data)) as image:

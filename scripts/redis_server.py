@@ -64,7 +64,7 @@ def redis_server_binary() -> str:
 
 
 def start_redis(port: int | None = None, timeout: float = 10.0) -> RedisServer:
-    """Start redis-server without persistence on a free port and wait until it answers."""
+    """Start redis-server without persistence on a free port and wait until it replies to PING."""
     port = port or free_port()
     directory = tempfile.mkdtemp(prefix="eventsnap-redis-")
     command = [
@@ -92,7 +92,7 @@ def start_redis(port: int | None = None, timeout: float = 10.0) -> RedisServer:
         except OSError:
             time.sleep(0.05)
     server.stop()
-    raise RuntimeError(f"redis-server did not answer on port {port} within {timeout} s")
+    raise RuntimeError(f"redis-server did not reply to PING on port {port} within {timeout} s")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ WHITE = (255, 255, 255)
 
 
 class DecodeError(ValueError):
-    """An image file could not be decoded; the message says why."""
+    """An image file could not be decoded; the message gives the reason."""
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

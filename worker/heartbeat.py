@@ -1,4 +1,4 @@
-"""The worker's heartbeat: a Redis key with a TTL that says it is alive and what it runs.
+"""The worker's heartbeat: a Redis key with a TTL that shows the worker is alive and what it runs.
 
 The API's readiness check and `/info` read these keys; the container health
 check reads this worker's own key.

@@ -1,7 +1,7 @@
 """The SCRFD detector and the ArcFace recognizer, loaded once per worker process.
 
 Both models come from insightface's model zoo, which reads the ONNX graphs and
-knows their normalisation. Inference is batched here: the detector runs over
+sets each model's input normalisation. Inference is batched here: the detector runs over
 several letterboxed images in one call and the recognizer over all aligned
 faces of a batch in one call, because onnxruntime's per-call overhead and the
 GPU's appetite for large batches both reward it.

@@ -55,7 +55,7 @@ async def detect_faces(request: Request, queue: QueueDep, settings: SettingsDep)
     task_id = await queue.submit(batch.images, batch.params, request_id_var.get(), kind="sync")
 
     if not await queue.wait(task_id, settings.request_timeout):
-        # Nobody waits for this task any more; a worker that picks it up later skips it.
+        # No caller waits for this task any more, so a worker that picks it up later skips it.
         await queue.cancel_if_unfinished(task_id)
         logger.warning(
             "Task %s: no worker answered within %.0f s", task_id, settings.request_timeout
