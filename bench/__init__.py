@@ -1,0 +1,1 @@
+"""Benchmark of the service against a plain in-process FastAPI + insightface server."""
