@@ -9,10 +9,11 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 import redis
+from redis.client import Pipeline
 
 from common.contract import (
     FINAL_STATES,
@@ -29,6 +30,22 @@ from worker.pipeline import ChunkProcessor, StageTimer
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
+
+FINISH_ATTEMPTS = 5
+
+MARK_RUNNING_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'queued' or state == 'running' then
+  redis.call('HSET', KEYS[1], 'state', 'running', 'done', 0, 'started_at', ARGV[1],
+             'worker', ARGV[2])
+end
+return state
+"""
+"""Lua script: set a queued or running task to running and return its previous state.
+
+A task found running was redelivered after its worker died, so its progress
+starts again from 0.
+"""
 
 
 def worker_name() -> str:
@@ -82,11 +99,10 @@ class TaskRunner:
             self._notify(task_id)
             return state
 
+        if not self._mark_running(task_id):
+            # Cancelled or expired between the check above and now.
+            return self._run(task_id, image_count, params)
         logger.info("Task %s started: %d images, params=%s", task_id, image_count, params)
-        self.redis.hset(
-            task_key(task_id),
-            mapping={"state": "running", "started_at": time.time(), "worker": self.name},
-        )
 
         timer = StageTimer()
         faces: list[list[dict[str, object]] | None] = []
@@ -104,13 +120,22 @@ class TaskRunner:
             errors.extend(chunk_errors)
             self.redis.hincrby(task_key(task_id), "done", len(indexes))
 
-        if self.state(task_id) == "cancelled":
-            logger.info("Task %s cancelled after %d of %d images", task_id, len(faces), image_count)
+        stored = self.state(task_id) == "running" and self._store_result(
+            task_id, image_count, faces, errors, timer
+        )
+        if not stored:
+            final_state = self.state(task_id) or "missing"
+            logger.info(
+                "Task %s stopped after %d of %d images: it is %s",
+                task_id,
+                len(faces),
+                image_count,
+                final_state,
+            )
             self._delete_images(task_id, image_count)
             self._notify(task_id)
-            return "cancelled"
+            return final_state
 
-        self._store_result(task_id, image_count, faces, errors, timer)
         logger.info(
             "Task %s succeeded: %d images, %d faces, %d errors, stages_ms=%s",
             task_id,
@@ -120,6 +145,40 @@ class TaskRunner:
             {stage: round(value, 1) for stage, value in timer.totals.items()},
         )
         return "succeeded"
+
+    def _mark_running(self, task_id: str) -> bool:
+        """Set a queued task (or one redelivered after a crash) to running.
+
+        Returns False when the task is no longer queued or running. One Lua
+        script, so a cancellation at the same moment is never overwritten.
+        """
+        previous = self.redis.eval(
+            MARK_RUNNING_SCRIPT, 1, task_key(task_id), time.time(), self.name
+        )
+        return previous in (b"queued", b"running")
+
+    def _finish(self, task_id: str, write: Callable[[Pipeline], object]) -> bool:
+        """Run `write` in a MULTI/EXEC transaction if the task is still unfinished.
+
+        WATCH makes the transaction fail when anyone changes the task hash
+        between the state check and EXEC, so a cancellation is never
+        overwritten by a final state. Returns whether `write` was applied.
+        """
+        key = task_key(task_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            for _ in range(FINISH_ATTEMPTS):
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    if pipe.hget(key, "state") not in (b"queued", b"running"):
+                        pipe.reset()
+                        return False
+                    pipe.multi()
+                    write(pipe)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+        raise RuntimeError(f"task {task_id} changed during {FINISH_ATTEMPTS} attempts to finish it")
 
     def _read_images(self, task_id: str, indexes: Sequence[int]) -> list[bytes | None]:
         keys = [image_key(task_id, index) for index in indexes]
@@ -133,51 +192,59 @@ class TaskRunner:
         faces: list[list[dict[str, object]] | None],
         errors: list[ImageError],
         timer: StageTimer,
-    ) -> None:
+    ) -> bool:
         """Store the result, finish the task document, wake the waiter, drop the images.
 
         One MULTI/EXEC transaction, so a reader sees either the running task or
-        the finished one with its result, never half of it.
+        the finished one with its result, never half of it. Returns False, and
+        stores nothing, when the task was cancelled or expired meanwhile.
         """
         ttl = self.settings.result_ttl
         body = orjson.dumps(faces, option=orjson.OPT_SERIALIZE_NUMPY)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(result_key(task_id), body, ex=ttl)
-        pipe.hset(
-            task_key(task_id),
-            mapping={
-                "state": "succeeded",
-                "done": image_count,
-                "finished_at": time.time(),
-                "errors": orjson.dumps(errors),
-                "timings_ms": orjson.dumps(timer.totals),
-            },
-        )
-        pipe.expire(task_key(task_id), ttl)
-        pipe.rpush(done_key(task_id), b"1")
-        pipe.expire(done_key(task_id), ttl)
-        pipe.delete(*[image_key(task_id, index) for index in range(image_count)])
-        pipe.execute()
+
+        def write(pipe: Pipeline) -> None:
+            pipe.set(result_key(task_id), body, ex=ttl)
+            pipe.hset(
+                task_key(task_id),
+                mapping={
+                    "state": "succeeded",
+                    "done": image_count,
+                    "finished_at": time.time(),
+                    "errors": orjson.dumps(errors),
+                    "timings_ms": orjson.dumps(timer.totals),
+                },
+            )
+            pipe.expire(task_key(task_id), ttl)
+            pipe.rpush(done_key(task_id), b"1")
+            pipe.expire(done_key(task_id), ttl)
+            pipe.delete(*[image_key(task_id, index) for index in range(image_count)])
+
+        return self._finish(task_id, write)
 
     def _store_failure(self, task_id: str, image_count: int, reason: str) -> None:
-        """Mark the whole task failed with its reason and wake the waiter."""
+        """Mark the whole task failed with its reason and wake the waiter.
+
+        A task that was cancelled or expired meanwhile keeps that state.
+        """
         error: ImageError = {"index": None, "code": "internal_error", "message": reason}
         ttl = self.settings.result_ttl
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            task_key(task_id),
-            mapping={
-                "state": "failed",
-                "finished_at": time.time(),
-                "errors": orjson.dumps([error]),
-            },
-        )
-        pipe.expire(task_key(task_id), ttl)
-        pipe.rpush(done_key(task_id), b"1")
-        pipe.expire(done_key(task_id), ttl)
-        if image_count:
-            pipe.delete(*[image_key(task_id, index) for index in range(image_count)])
-        pipe.execute()
+
+        def write(pipe: Pipeline) -> None:
+            pipe.hset(
+                task_key(task_id),
+                mapping={
+                    "state": "failed",
+                    "finished_at": time.time(),
+                    "errors": orjson.dumps([error]),
+                },
+            )
+            pipe.expire(task_key(task_id), ttl)
+            pipe.rpush(done_key(task_id), b"1")
+            pipe.expire(done_key(task_id), ttl)
+
+        if not self._finish(task_id, write):
+            self._notify(task_id)
+        self._delete_images(task_id, image_count)
 
     def _notify(self, task_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
