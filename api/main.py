@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from api.middleware import RequestIdMiddleware
 from api.queue import TaskQueue
-from api.routes import detect, health
+from api.routes import detect, health, tasks
 from api.settings import get_settings
 from common.logs import configure_logging
 
@@ -78,6 +78,7 @@ def create_app() -> FastAPI:
     for error_type in BROKER_ERRORS:
         app.add_exception_handler(error_type, broker_unavailable)
     app.include_router(detect.router)
+    app.include_router(tasks.router)
     app.include_router(health.router)
     return app
 

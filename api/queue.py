@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -24,14 +25,18 @@ from api.settings import ApiSettings
 from common.celery_config import celery_settings
 from common.contract import (
     TASK_NAME,
+    WEBHOOK_TASK_NAME,
     DetectionParams,
     ImageError,
     TaskPayload,
+    WebhookPayload,
     done_key,
+    idempotency_key,
     image_key,
     result_key,
     task_key,
 )
+from common.task_document import CALLBACK_FIELD, CLAIM_WEBHOOK_SCRIPT, WEBHOOK_CLAIM_FIELD
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +81,14 @@ class TaskQueue:
         request_id: str,
         kind: str,
         extra: dict[FieldT, EncodableT] | None = None,
+        task_id: str | None = None,
     ) -> str:
-        """Store the images and the task document, then enqueue the task; return its id."""
-        task_id = uuid.uuid4().hex
+        """Store the images and the task document, then enqueue the task; return its id.
+
+        If the message cannot be sent, the stored keys are deleted again, so no
+        task stays `queued` without a message that would run it.
+        """
+        task_id = task_id or uuid.uuid4().hex
         ttl = self.settings.result_ttl
         document: dict[FieldT, EncodableT] = {
             "state": "queued",
@@ -104,9 +114,14 @@ class TaskQueue:
             "params": params,
             "request_id": request_id,
         }
-        await run_in_threadpool(
-            self.celery.send_task, TASK_NAME, kwargs=dict(payload), task_id=task_id
-        )
+        try:
+            await run_in_threadpool(
+                self.celery.send_task, TASK_NAME, kwargs=dict(payload), task_id=task_id
+            )
+        except Exception:
+            keys = [image_key(task_id, index) for index in range(len(images))]
+            await self.redis.delete(task_key(task_id), *keys)
+            raise
         logger.info("Task %s queued: %d images, kind=%s", task_id, len(images), kind)
         return task_id
 
@@ -131,20 +146,103 @@ class TaskQueue:
         )
 
     async def cancel_if_unfinished(self, task_id: str) -> bool:
-        """Mark a queued or running task cancelled; return whether it was unfinished.
+        """Mark a queued or running task cancelled; return whether it was unfinished."""
+        previous = await self.cancel(task_id, "Cancelled before it finished.")
+        return previous in ("queued", "running")
 
-        Runs as one Lua script so a worker finishing at the same moment cannot
-        be overwritten.
+    async def cancel(self, task_id: str, reason: str, kind: str = "") -> str | None:
+        """Mark a queued or running task cancelled and return the state it had before.
+
+        Returns None for an unknown or expired task, and for a task of another
+        kind when `kind` is given. A task in a final state is left as it is.
+        Runs as one Lua script, so a worker finishing at the same moment is
+        never overwritten.
         """
-        cancelled = await self.redis.eval(CANCEL_SCRIPT, 1, task_key(task_id), str(time.time()))
-        return bool(cancelled)
+        error: ImageError = {"index": None, "code": "cancelled", "message": reason}
+        previous = await self.redis.eval(
+            CANCEL_SCRIPT,
+            1,
+            task_key(task_id),
+            str(time.time()),
+            orjson.dumps([error]),
+            kind,
+        )
+        return previous.decode() if previous else None
+
+    async def read_task(self, task_id: str) -> tuple[dict[bytes, bytes], bytes | None] | None:
+        """Return a task's hash fields and result bytes, read atomically; None if unknown."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hgetall(task_key(task_id))
+        pipe.get(result_key(task_id))
+        fields, result = await pipe.execute()
+        if not fields:
+            return None
+        return fields, result
+
+    async def enqueue_webhook(self, task_id: str) -> bool:
+        """Send the webhook delivery task unless another process already did.
+
+        Returns whether this call sent it. Tasks without a callback URL send nothing.
+        """
+        claimed = await self.redis.eval(
+            CLAIM_WEBHOOK_SCRIPT,
+            1,
+            task_key(task_id),
+            CALLBACK_FIELD,
+            WEBHOOK_CLAIM_FIELD,
+            str(time.time()),
+        )
+        if not claimed:
+            return False
+        payload: WebhookPayload = {"task_id": task_id}
+        try:
+            await run_in_threadpool(self.celery.send_task, WEBHOOK_TASK_NAME, kwargs=dict(payload))
+        except Exception:
+            # Release the claim: the worker claims it again when it takes the
+            # task's message from the queue and finds the task final.
+            await self.redis.hdel(task_key(task_id), WEBHOOK_CLAIM_FIELD)
+            logger.exception("Task %s: sending the webhook delivery task failed", task_id)
+            return False
+        logger.info("Task %s: webhook delivery queued", task_id)
+        return True
+
+    async def claim_idempotency_key(self, key_digest: str, record: bytes) -> bytes | None:
+        """Store `record` under a client's idempotency key unless it exists.
+
+        Returns None when this call stored it, else the record stored first.
+        SET NX makes concurrent requests with one key agree on a single winner.
+        """
+        key = idempotency_key(key_digest)
+        ttl = self.settings.result_ttl
+        for _ in range(3):
+            if await self.redis.set(key, record, nx=True, ex=ttl):
+                return None
+            # The pool returns bytes because it is created without decode_responses.
+            existing = cast("bytes | None", await self.redis.get(key))
+            if existing is not None:
+                return existing
+            # The first record expired between SET and GET; try to store ours again.
+        raise RuntimeError(f"idempotency key {key} changed three times in a row")
+
+    async def release_idempotency_key(self, key_digest: str) -> None:
+        """Delete a client's idempotency key after its submission failed."""
+        await self.redis.delete(idempotency_key(key_digest))
 
 
 CANCEL_SCRIPT = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'queued' or state == 'running' then
-  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[1])
-  return 1
+if not state then
+  return false
 end
-return 0
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'kind') ~= ARGV[3] then
+  return false
+end
+if state == 'queued' or state == 'running' then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[1], 'errors', ARGV[2])
+end
+return state
+"""
+"""Lua script: cancel a queued or running task; return its previous state or nil.
+
+KEYS[1] is the task hash; ARGV is (now, errors JSON, required kind or '').
 """

@@ -1,10 +1,10 @@
 """API settings, read from environment variables (no prefix) by pydantic-settings."""
 
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
 
@@ -31,6 +31,15 @@ class ApiSettings(BaseSettings):
     max_images_per_request: int = Field(
         default=32, ge=1, description="Images accepted in one POST / body."
     )
+    max_images_per_task: int = Field(
+        default=256, ge=1, description="Images accepted in one POST /tasks body."
+    )
+    # NoDecode: pydantic-settings would otherwise parse the value as JSON first.
+    webhook_allowed_hosts: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(),
+        description="Comma-separated host names or IP addresses that a task's callback_url "
+        "may point to, matched exactly and case-insensitively; empty disables webhooks.",
+    )
     max_image_bytes: int = Field(
         default=20 * MIB, ge=1, description="Decoded size limit of one image file, in bytes."
     )
@@ -46,6 +55,14 @@ class ApiSettings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text", description="`json` writes one JSON object per log line."
     )
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def parse_host_list(cls, value: object) -> object:
+        """Split `a.example, 10.0.0.5` into lower-case host names."""
+        if isinstance(value, str):
+            return frozenset(host.strip().lower() for host in value.split(",") if host.strip())
+        return value
 
 
 @lru_cache(maxsize=1)

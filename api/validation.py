@@ -39,11 +39,20 @@ def error_entry(loc: tuple[str | int, ...], kind: str, message: str) -> dict[str
 
 
 def parse_batch(
-    body: bytes, *, max_images: int, max_image_bytes: int, max_image_pixels: int
+    body: bytes,
+    *,
+    max_images: int,
+    max_image_bytes: int,
+    max_image_pixels: int,
+    model: type[DetectRequest] = DetectRequest,
 ) -> ValidBatch:
-    """Return the validated batch, or raise RequestValidationError listing every problem."""
+    """Return the validated batch, or raise RequestValidationError listing every problem.
+
+    `model` may be a subclass of DetectRequest with more fields, such as the
+    task request's callback URL.
+    """
     try:
-        request = DetectRequest.model_validate_json(body)
+        request = model.model_validate_json(body)
     except ValidationError as error:
         details = [
             error_entry(("body", *item["loc"]), item["type"], item["msg"])

@@ -5,7 +5,9 @@ Each setting documents its consequence where it is declared.
 
 from typing import Any
 
-from common.contract import QUEUE_NAME, TASK_NAME
+from kombu import Queue
+
+from common.contract import QUEUE_NAME, TASK_NAME, WEBHOOK_QUEUE_NAME, WEBHOOK_TASK_NAME
 
 # The longest a task may run before the broker hands it to another worker
 # (Redis transport only). It must exceed the longest allowed task, or a slow
@@ -24,8 +26,13 @@ def celery_settings(redis_url: str) -> dict[str, Any]:
         # JSON only: a pickle message from anyone who can reach Redis would run code.
         "task_serializer": "json",
         "accept_content": ["json"],
-        "task_routes": {TASK_NAME: {"queue": QUEUE_NAME}},
+        "task_routes": {
+            TASK_NAME: {"queue": QUEUE_NAME},
+            WEBHOOK_TASK_NAME: {"queue": WEBHOOK_QUEUE_NAME},
+        },
         "task_default_queue": QUEUE_NAME,
+        # A worker started without -Q consumes every queue listed here.
+        "task_queues": [Queue(QUEUE_NAME), Queue(WEBHOOK_QUEUE_NAME)],
         # Acknowledge after the task finishes, and requeue it if the worker process
         # dies mid-task, so a crashed worker loses no work.
         "task_acks_late": True,

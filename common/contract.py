@@ -17,6 +17,10 @@ from typing import Literal, NotRequired, TypedDict
 
 TASK_NAME = "eventsnap.embed_faces"
 QUEUE_NAME = "faces"
+# Webhook deliveries have their own queue, so a backlog of embedding tasks
+# does not hold back a delivery on a worker that consumes both.
+WEBHOOK_TASK_NAME = "eventsnap.deliver_webhook"
+WEBHOOK_QUEUE_NAME = "webhooks"
 KEY_PREFIX = "eventsnap"
 
 TaskState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -38,6 +42,12 @@ class TaskPayload(TypedDict):
     image_count: int
     params: DetectionParams
     request_id: str
+
+
+class WebhookPayload(TypedDict):
+    """Keyword arguments of the webhook delivery task."""
+
+    task_id: str
 
 
 class Face(TypedDict):
@@ -95,6 +105,11 @@ def result_key(task_id: str) -> str:
 def done_key(task_id: str) -> str:
     """Return the Redis list a worker pushes to once a task's result is stored."""
     return f"{KEY_PREFIX}:done:{task_id}"
+
+
+def idempotency_key(key_digest: str) -> str:
+    """Return the key that maps a client's Idempotency-Key (SHA-256 hex) to its task."""
+    return f"{KEY_PREFIX}:idempotency:{key_digest}"
 
 
 def worker_key(hostname: str) -> str:

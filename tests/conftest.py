@@ -19,6 +19,9 @@ from common.contract import WORKER_KEY_PATTERN
 from scripts.redis_server import free_port, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
+# The session worker signs webhooks with this key; the session API accepts
+# callback URLs on 127.0.0.1 only.
+WEBHOOK_SECRET = "test-webhook-secret"
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +126,9 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def worker(redis_url: str, redis_client: redis.Redis, logs_dir: Path) -> Iterator[ServiceProcess]:
-    service = start_worker(redis_url, logs_dir / "worker.log", CHUNK_IMAGES="4")
+    service = start_worker(
+        redis_url, logs_dir / "worker.log", CHUNK_IMAGES="4", WEBHOOK_SECRET=WEBHOOK_SECRET
+    )
     wait_for_worker(service, redis_client)
     yield service
     service.stop()
@@ -131,7 +136,9 @@ def worker(redis_url: str, redis_client: redis.Redis, logs_dir: Path) -> Iterato
 
 @pytest.fixture(scope="session")
 def api(redis_url: str, logs_dir: Path) -> Iterator[str]:
-    service, base_url = start_api(redis_url, logs_dir / "api.log", REQUEST_TIMEOUT="60")
+    service, base_url = start_api(
+        redis_url, logs_dir / "api.log", REQUEST_TIMEOUT="60", WEBHOOK_ALLOWED_HOSTS="127.0.0.1"
+    )
     yield base_url
     service.stop()
 

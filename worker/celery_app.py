@@ -10,16 +10,17 @@ import sys
 from typing import Any
 
 import redis
-from celery import Celery, signals
+from celery import Celery, Task, signals
 
 from common.celery_config import celery_settings
-from common.contract import TASK_NAME, DetectionParams
+from common.contract import FINAL_STATES, TASK_NAME, WEBHOOK_TASK_NAME, DetectionParams
 from common.logs import configure_logging
 from worker.heartbeat import Heartbeat, package_version
 from worker.model_files import resolve_model_files
 from worker.models import load_models
 from worker.settings import get_settings
 from worker.tasks import TaskRunner, worker_name
+from worker.webhooks import WebhookDeliveryError, claim_delivery, deliver, release_delivery
 
 logger = logging.getLogger("worker")
 
@@ -94,4 +95,49 @@ def embed_faces(task_id: str, image_count: int, params: DetectionParams, request
     """Detect and embed the faces of one task's images; the result goes to Redis."""
     if state.runner is None:
         raise RuntimeError("models are not loaded; the worker_init handler did not run")
-    return state.runner.run(task_id, image_count, params, request_id)
+    final_state = state.runner.run(task_id, image_count, params, request_id)
+    if final_state in FINAL_STATES:
+        enqueue_webhook(state.runner.redis, task_id)
+    return final_state
+
+
+def enqueue_webhook(client: redis.Redis, task_id: str) -> None:
+    """Send the delivery task for a finished task that has a callback URL, once per task."""
+    if not claim_delivery(client, task_id):
+        return
+    try:
+        deliver_webhook.apply_async(kwargs={"task_id": task_id})
+    except Exception:
+        release_delivery(client, task_id)
+        # NOTE: with the claim released but no message sent, nothing retries
+        # this webhook; the broker is unreachable, so this worker stalls too.
+        logger.exception("Task %s: sending the webhook delivery task failed", task_id)
+        return
+    logger.info("Task %s: webhook delivery queued", task_id)
+
+
+webhook_redis = redis.Redis.from_url(settings.redis_url)
+webhook_secret = (
+    settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else None
+)
+
+
+@app.task(
+    name=WEBHOOK_TASK_NAME,
+    bind=True,
+    ignore_result=True,
+    autoretry_for=(WebhookDeliveryError,),
+    retry_backoff=True,
+    retry_backoff_max=settings.webhook_retry_backoff_max,
+    retry_jitter=True,
+    max_retries=settings.webhook_max_retries,
+)
+def deliver_webhook(self: "Task[Any, None]", task_id: str) -> None:
+    """POST a finished task's document to its callback URL; Celery retries failures."""
+    attempt = self.request.retries + 1
+    try:
+        deliver(webhook_redis, task_id, webhook_secret, settings.webhook_timeout, attempt)
+    except WebhookDeliveryError:
+        if self.request.retries >= settings.webhook_max_retries:
+            logger.error("Task %s: webhook given up after %d attempts", task_id, attempt)
+        raise

@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ModelPackName = Literal["antelopev2", "buffalo_l", "buffalo_s"]
@@ -74,6 +74,23 @@ class WorkerSettings(BaseSettings):
     trt_cache_dir: Path = Field(
         default=Path("/var/cache/eventsnap/trt"),
         description="TensorRT engine cache, so a restart does not rebuild engines.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Key for the HMAC-SHA256 signature of webhook deliveries; unset sends "
+        "them unsigned.",
+    )
+    webhook_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds one webhook POST may take before it fails."
+    )
+    webhook_max_retries: int = Field(
+        default=10, ge=0, description="Retries of a failed webhook delivery after the first try."
+    )
+    webhook_retry_backoff_max: int = Field(
+        default=300,
+        ge=1,
+        description="Longest wait between webhook retries, in seconds. Waits double from "
+        "1 s up to this value, each shortened by random jitter.",
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
     log_format: Literal["text", "json"] = Field(
