@@ -1,6 +1,8 @@
-"""Read request bodies with a size limit, so an oversized upload is refused early."""
+"""Read request bodies with a size limit, so an oversized upload is rejected early."""
 
 from fastapi import HTTPException, Request
+
+from api.middleware import body_too_large
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -17,10 +19,3 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise HTTPException(413, body_too_large(received, limit))
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def body_too_large(size: int, limit: int) -> str:
-    return (
-        f"Request body of {size} bytes or more is over the limit of {limit} bytes "
-        "(MAX_BODY_BYTES); send fewer or smaller images per request."
-    )

@@ -93,7 +93,7 @@ def name_unsupported_format(data: bytes) -> str | None:
 
 
 def check_image(text: str, max_bytes: int, max_pixels: int) -> CheckedImage:
-    """Decode one base64 input and check its format and size, or raise ImageInputError."""
+    """Decode one base64 input, then check it like `check_image_bytes`."""
     # Base64 inflates by 4/3; the extra tenth allows for line breaks and a data-URL
     # prefix. A longer string is rejected before it is decoded.
     if len(text) > max_bytes * 4 // 3 * 11 // 10 + 1024:
@@ -103,7 +103,11 @@ def check_image(text: str, max_bytes: int, max_pixels: int) -> CheckedImage:
             f"{len(text)} characters); send a smaller or more compressed image",
         )
 
-    data = decode_base64(text)
+    return check_image_bytes(decode_base64(text), max_bytes, max_pixels)
+
+
+def check_image_bytes(data: bytes, max_bytes: int, max_pixels: int) -> CheckedImage:
+    """Check an image file's format and size from its header, or raise ImageInputError."""
     if not data:
         raise ImageInputError("image_empty", "is empty; send the bytes of an image file")
     if len(data) > max_bytes:

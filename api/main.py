@@ -11,11 +11,15 @@ from contextlib import asynccontextmanager
 import kombu.exceptions
 import redis.exceptions
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
-from api.middleware import RequestIdMiddleware
+from api import __version__
+from api.metrics import MetricsMiddleware
+from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api.queue import TaskQueue
 from api.routes import detect, health, tasks
+from api.security import ApiKeyMiddleware
 from api.settings import get_settings
 from common.logs import configure_logging
 
@@ -34,10 +38,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     app.state.queue = TaskQueue(settings)
     logger.info(
-        "API started: redis=%s request_timeout=%.0fs max_images=%d",
+        "API started: redis=%s request_timeout=%.0fs max_images=%d api_keys=%d cors_origins=%s",
         redact(settings.redis_url),
         settings.request_timeout,
         settings.max_images_per_request,
+        len(settings.api_keys),
+        sorted(settings.cors_origins) or "none",
     )
     yield
     await app.state.queue.close()
@@ -70,10 +76,27 @@ def create_app() -> FastAPI:
 
     app = FastAPI(
         title="Eventsnap Inference",
-        version="0.1.0",
+        version=__version__,
         description="Face detection and 512-value ArcFace embeddings for event photos.",
         lifespan=lifespan,
     )
+
+    # Starlette runs the middleware added last first. From the outside in: the
+    # request id (so even a 401 or 413 carries one), CORS (so browsers get their
+    # headers on every answer), metrics (so rejected requests are counted), the
+    # API key check, then the body size limit.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(MetricsMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=sorted(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key",
+                           "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Location", "Retry-After"],
+        )  # fmt: skip
     app.add_middleware(RequestIdMiddleware)
     for error_type in BROKER_ERRORS:
         app.add_exception_handler(error_type, broker_unavailable)

@@ -55,10 +55,16 @@ class TaskQueue:
 
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
-        # No socket timeout: BLPOP blocks for up to REQUEST_TIMEOUT on purpose.
-        # Connection failures still raise at once.
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=5, health_check_interval=30
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+        )
+        # A second pool for BLPOP, which blocks for up to REQUEST_TIMEOUT on purpose;
+        # its socket timeout must outlast that wait.
+        self.waiting_redis: aioredis.Redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.request_timeout + 5,
+            socket_connect_timeout=5,
+            health_check_interval=30,
         )
         self.celery = Celery("eventsnap-api")
         self.celery.conf.update(celery_settings(settings.redis_url))
@@ -72,6 +78,7 @@ class TaskQueue:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        await self.waiting_redis.aclose()
         await run_in_threadpool(self.celery.close)
 
     async def submit(
@@ -128,9 +135,13 @@ class TaskQueue:
     async def wait(self, task_id: str, timeout: float) -> bool:
         """Wait until the worker signals the task finished; False on timeout."""
         # The outer timeout guards against a Redis that accepts the command but never answers.
-        popped = await asyncio.wait_for(
-            self.redis.blpop([done_key(task_id)], timeout=timeout), timeout=timeout + 5
-        )
+        try:
+            popped = await asyncio.wait_for(
+                self.waiting_redis.blpop([done_key(task_id)], timeout=timeout), timeout=timeout + 5
+            )
+        except TimeoutError:
+            logger.warning("Redis did not answer BLPOP for task %s in time", task_id)
+            return False
         return popped is not None
 
     async def outcome(self, task_id: str) -> TaskOutcome:

@@ -4,13 +4,29 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.contract import DetectionParams
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 T1_EXAMPLE = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0a..."
 
 
+class DetectParameters(BaseModel):
+    """Detector settings in the serverless-endpoint shape: `{"inputs", "parameters": {...}}`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    max_faces: int | None = Field(default=None, ge=0)
+    det_conf: Probability | None = None
+    nms_thresh: Probability | None = None
+
+
 class DetectRequest(BaseModel):
-    """A batch of base64 images and the detector settings for all of them."""
+    """A batch of base64 images and the detector settings for all of them.
+
+    The settings may also come nested under `parameters`, the shape serverless
+    inference endpoints use; a value there wins over the same top-level field.
+    """
 
     model_config = ConfigDict(
         extra="ignore",
@@ -33,6 +49,20 @@ class DetectRequest(BaseModel):
     nms_thresh: Probability = Field(
         default=0.4, description="IoU above which the weaker of two overlapping boxes is dropped."
     )
+    parameters: DetectParameters | None = Field(
+        default=None,
+        description="The same three settings, nested, for callers that use the serverless "
+        "`{inputs, parameters}` shape.",
+    )
+
+    def effective_params(self) -> DetectionParams:
+        """Return the detector settings, with values under `parameters` taking precedence."""
+        nested = self.parameters or DetectParameters()
+        return {
+            "max_faces": self.max_faces if nested.max_faces is None else nested.max_faces,
+            "det_conf": self.det_conf if nested.det_conf is None else nested.det_conf,
+            "nms_thresh": self.nms_thresh if nested.nms_thresh is None else nested.nms_thresh,
+        }
 
 
 class FacePublic(BaseModel):

@@ -51,10 +51,35 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=128 * MIB, ge=1, description="Size limit of a request body, in bytes (413 above)."
     )
+    max_queue_depth: int = Field(
+        default=1000,
+        ge=1,
+        description="Task messages waiting in the queue beyond which new work gets 503 "
+        "with Retry-After.",
+    )
+    # NoDecode: pydantic-settings would otherwise parse these values as JSON first.
+    api_keys: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(),
+        description="Comma-separated API keys; when set, every route but /health requires "
+        "one as `Authorization: Bearer <key>` or `X-API-Key`.",
+    )
+    cors_origins: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(),
+        description="Comma-separated origins allowed to call the API from a browser, "
+        "e.g. https://app.example.com; empty sends no CORS headers.",
+    )
     log_level: str = Field(default="INFO", description="Python logging level name.")
     log_format: Literal["text", "json"] = Field(
         default="text", description="`json` writes one JSON object per log line."
     )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def parse_comma_list(cls, value: object) -> object:
+        """Split a comma-separated string into a set, ignoring blanks around items."""
+        if isinstance(value, str):
+            return frozenset(item.strip() for item in value.split(",") if item.strip())
+        return value
 
     @field_validator("webhook_allowed_hosts", mode="before")
     @classmethod

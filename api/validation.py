@@ -26,11 +26,7 @@ class ValidBatch:
 
     @property
     def params(self) -> DetectionParams:
-        return {
-            "max_faces": self.request.max_faces,
-            "det_conf": self.request.det_conf,
-            "nms_thresh": self.request.nms_thresh,
-        }
+        return self.request.effective_params()
 
 
 def error_entry(loc: tuple[str | int, ...], kind: str, message: str) -> dict[str, Any]:

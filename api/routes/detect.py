@@ -1,17 +1,20 @@
-"""POST /: the synchronous contract. Send images, wait, get faces back."""
+"""POST / and POST /upload: the synchronous routes. Send images, wait, get faces back."""
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.body import read_body
 from api.deps import QueueDep, SettingsDep
+from api.images import CheckedImage, ImageInputError, check_image_bytes
+from api.queue import TaskQueue
 from api.schemas import DetectRequest, FacePublic, MessageResponse, ValidationErrorResponse
 from api.settings import ApiSettings
 from api.validation import ValidBatch, error_entry, parse_batch
+from common.contract import DetectionParams
 from common.logs import request_id_var
 
 logger = logging.getLogger(__name__)
@@ -52,7 +55,81 @@ async def read_batch(request: Request, settings: ApiSettings, max_images: int) -
 async def detect_faces(request: Request, queue: QueueDep, settings: SettingsDep) -> Response:
     """Return, per input image in order, its faces largest first with 512-value embeddings."""
     batch = await read_batch(request, settings, settings.max_images_per_request)
-    task_id = await queue.submit(batch.images, batch.params, request_id_var.get(), kind="sync")
+    return await detect_and_wait(queue, settings, batch.images, batch.params, "inputs")
+
+
+@router.post(
+    "/upload",
+    summary="Detect and embed faces in uploaded files, waiting for the result",
+    response_model=list[list[FacePublic]],
+    responses={
+        413: {"model": MessageResponse, "description": "Request body over MAX_BODY_BYTES."},
+        422: {"model": ValidationErrorResponse, "description": "Invalid file or parameter."},
+        503: {"model": MessageResponse, "description": "Redis unreachable; retry later."},
+        504: {"model": MessageResponse, "description": "No worker answered in time."},
+    },
+)
+async def upload_faces(
+    queue: QueueDep,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File(description="Image files, one part each.")],
+    max_faces: Annotated[int, Form(ge=0, description="0 returns all faces.")] = 0,
+    det_conf: Annotated[float, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.5,
+    nms_thresh: Annotated[float, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.4,
+) -> Response:
+    """Take `multipart/form-data` with one `files` part per image; answer like POST /."""
+    if len(files) > settings.max_images_per_request:
+        raise RequestValidationError(
+            [
+                error_entry(
+                    ("body", "files"),
+                    "too_long",
+                    f"{len(files)} files is over the limit of {settings.max_images_per_request} "
+                    "per request; split the upload into smaller requests",
+                )
+            ]
+        )
+
+    contents = [await upload.read() for upload in files]
+    images = await run_in_threadpool(check_files, contents, settings)
+    params: DetectionParams = {
+        "max_faces": max_faces,
+        "det_conf": det_conf,
+        "nms_thresh": nms_thresh,
+    }
+    return await detect_and_wait(queue, settings, images, params, "files")
+
+
+def check_files(contents: list[bytes], settings: ApiSettings) -> list[CheckedImage]:
+    """Check every uploaded file, or raise RequestValidationError naming each bad one."""
+    images: list[CheckedImage] = []
+    details: list[dict[str, Any]] = []
+    for index, data in enumerate(contents):
+        try:
+            images.append(
+                check_image_bytes(data, settings.max_image_bytes, settings.max_image_pixels)
+            )
+        except ImageInputError as error:
+            details.append(
+                error_entry(("body", "files", index), error.kind, f"File {index} {error.message}")
+            )
+    if details:
+        raise RequestValidationError(details)
+    return images
+
+
+async def detect_and_wait(
+    queue: TaskQueue,
+    settings: ApiSettings,
+    images: list[CheckedImage],
+    params: DetectionParams,
+    field: str,
+) -> Response:
+    """Queue one synchronous task, wait for it and return its faces as the response body.
+
+    `field` names the request field that held the images, for 422 locations.
+    """
+    task_id = await queue.submit(images, params, request_id_var.get(), kind="sync")
 
     if not await queue.wait(task_id, settings.request_timeout):
         # No caller waits for this task any more, so a worker that picks it up later skips it.
@@ -70,12 +147,13 @@ async def detect_faces(request: Request, queue: QueueDep, settings: SettingsDep)
     outcome = await queue.outcome(task_id)
     image_errors = [error for error in outcome.errors if error["index"] is not None]
     if outcome.state == "succeeded" and image_errors:
+        noun = "Image" if field == "inputs" else "File"
         raise RequestValidationError(
             [
                 error_entry(
-                    ("body", "inputs", error["index"]),
+                    ("body", field, error["index"]),
                     error["code"],
-                    f"Image {error['index']}: {error['message']}",
+                    f"{noun} {error['index']}: {error['message']}",
                 )
                 for error in image_errors
                 if error["index"] is not None
