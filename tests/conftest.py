@@ -81,6 +81,8 @@ def start_worker(redis_url: str, log_path: Path, **env: str) -> ServiceProcess:
         "--pool=solo", "--concurrency=1", "--loglevel=INFO", "--without-gossip",
         "--without-mingle", "-n", f"worker-{log_path.stem}@%h",
     ]  # fmt: skip
+    # Several test workers share this host, so each serves metrics only when asked.
+    env.setdefault("WORKER_METRICS_PORT", "0")
     return ServiceProcess(command, service_env(redis_url, **env), log_path)
 
 

@@ -479,3 +479,9 @@ def test_deployment_doc_lists_every_setting() -> None:
     doc = (ROOT / "docs" / "deployment.md").read_text()
     for name in sorted(settings_variables()):
         assert f"| `{name}` |" in doc, f"docs/deployment.md has no table row for {name}"
+
+
+def test_readme_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in sorted(settings_variables()):
+        assert f"`{name}`" in readme, f"README.md's settings tables have no row for {name}"

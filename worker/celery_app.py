@@ -16,6 +16,7 @@ from common.celery_config import celery_settings
 from common.contract import FINAL_STATES, TASK_NAME, WEBHOOK_TASK_NAME, DetectionParams
 from common.logs import configure_logging
 from worker.heartbeat import Heartbeat, package_version
+from worker.metrics import TASKS, serve_metrics
 from worker.model_files import resolve_model_files
 from worker.models import load_models
 from worker.settings import get_settings
@@ -25,6 +26,9 @@ from worker.webhooks import WebhookDeliveryError, claim_delivery, deliver, relea
 logger = logging.getLogger("worker")
 
 settings = get_settings()
+# Configured here as well as in the setup_logging signal, because Celery sends
+# worker_init, which loads the models, before it sets up logging.
+configure_logging(settings.log_level, settings.log_format)
 app = Celery("eventsnap-worker")
 app.conf.update(celery_settings(settings.redis_url))
 
@@ -58,6 +62,7 @@ def load_on_start(**_: Any) -> None:
         # models, so leave the process instead.
         sys.exit(1)
 
+    serve_metrics(settings.worker_metrics_port)
     client = redis.Redis.from_url(settings.redis_url)
     state.runner = TaskRunner(client, models, settings)
     state.heartbeat = Heartbeat(
@@ -96,6 +101,7 @@ def embed_faces(task_id: str, image_count: int, params: DetectionParams, request
     if state.runner is None:
         raise RuntimeError("models are not loaded; the worker_init handler did not run")
     final_state = state.runner.run(task_id, image_count, params, request_id)
+    TASKS.labels(final_state).inc()
     if final_state in FINAL_STATES:
         enqueue_webhook(state.runner.redis, task_id)
     return final_state

@@ -15,6 +15,7 @@ import numpy as np
 
 from common.contract import DetectionParams, ErrorCode, ImageError
 from worker.decode import DecodeError, decode_image
+from worker.metrics import DETECTOR_BATCH, FACES, IMAGES, RECOGNIZER_BATCH, STAGE_SECONDS
 from worker.models import Detections, FaceModels, FloatArray, ImageArray
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ class StageTimer:
     totals: dict[str, float] = field(default_factory=dict)
 
     def add(self, stage: str, started: float) -> None:
-        elapsed = (time.perf_counter() - started) * 1000
-        self.totals[stage] = self.totals.get(stage, 0.0) + elapsed
+        elapsed = time.perf_counter() - started
+        self.totals[stage] = self.totals.get(stage, 0.0) + elapsed * 1000
+        STAGE_SECONDS.labels(stage).observe(elapsed)
 
 
 def select_faces(
@@ -116,6 +118,7 @@ class ChunkProcessor:
             timer.add("decode", started)
 
             started = time.perf_counter()
+            DETECTOR_BATCH.observe(len(images))
             detections = self.models.detector.detect(
                 images, params["det_conf"], params["nms_thresh"]
             )
@@ -132,8 +135,13 @@ class ChunkProcessor:
             timer.add("align", started)
 
         started = time.perf_counter()
+        RECOGNIZER_BATCH.observe(len(crops))
         embeddings = self.models.recognizer.embed(crops)
         timer.add("embed", started)
+
+        IMAGES.labels("failed").inc(len(errors))
+        IMAGES.labels("succeeded").inc(sum(item is not None for item in faces))
+        FACES.inc(len(crops))
 
         results: list[list[dict[str, object]] | None] = [
             None if item is None else face_documents(item, embeddings) for item in faces

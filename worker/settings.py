@@ -92,10 +92,24 @@ class WorkerSettings(BaseSettings):
         description="Longest wait between webhook retries, in seconds. Waits double from "
         "1 s up to this value, each shortened by random jitter.",
     )
+    worker_metrics_port: int = Field(
+        default=9808,
+        ge=0,
+        le=65535,
+        description="Port of the worker's Prometheus endpoint (/metrics); 0 disables it.",
+    )
     log_level: str = Field(default="INFO", description="Python logging level name.")
     log_format: Literal["text", "json"] = Field(
         default="text", description="`json` writes one JSON object per log line."
     )
+
+    @field_validator("model_pack", "model_dir", mode="before")
+    @classmethod
+    def blank_means_unset(cls, value: object) -> object:
+        """Treat an empty value, or `none` (an image built without a pack), as unset."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
+        return value
 
     @field_validator("det_size", mode="before")
     @classmethod
