@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -181,8 +182,9 @@ def test_submit_wait_matches_detect(sync_client: EventsnapClient) -> None:
 
 
 def test_submit_idempotency_key_returns_same_task(sync_client: EventsnapClient) -> None:
-    first = sync_client.submit([skimage_image("astronaut.png")], idempotency_key="client-test-1")
-    second = sync_client.submit([skimage_image("astronaut.png")], idempotency_key="client-test-1")
+    key = f"client-test-{uuid.uuid4().hex}"
+    first = sync_client.submit([skimage_image("astronaut.png")], idempotency_key=key)
+    second = sync_client.submit([skimage_image("astronaut.png")], idempotency_key=key)
 
     assert second == first
     assert sync_client.wait(first, poll_interval=0.2, timeout=300)["state"] == "succeeded"
