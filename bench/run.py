@@ -1,7 +1,7 @@
 """Benchmark the service against the in-process baseline on the same cores, in one run.
 
-    python -m bench.run           # about 5 minutes on 2 cores; updates docs/benchmark.md
-    python -m bench.run --quick   # about 2 minutes; leaves the docs page alone
+    python -m bench.run           # about 4 minutes on 2 cores; updates docs/benchmark.md
+    python -m bench.run --quick   # about 1.5 minutes; leaves the docs page alone
 
 Configurations run one after another, never overlapping: the baseline server,
 the service with one worker (all cores), the service with two workers (half
@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     for config in configurations(args.cores):
         if not selected(config, args.only):
             continue
+        results["load_average_before"][config.name] = os.getloadavg()[0]
         logger.info(
             "Running %s: %.0f s warm-up, %.0f s measured", config.name, args.warmup, args.duration
         )
