@@ -19,7 +19,7 @@ Image.MAX_IMAGE_PIXELS = None
 
 ACCEPTED_FORMATS = "JPEG, PNG, WebP, BMP, TIFF or GIF"
 DATA_URL = re.compile(rb"^data:[^,]{0,200}?;base64,", re.IGNORECASE)
-WHITESPACE = re.compile(rb"\s+")
+WHITESPACE = b" \t\n\r\x0b\x0c"
 URL_SAFE = bytes.maketrans(b"-_", b"+/")
 
 
@@ -47,11 +47,20 @@ def decode_base64(text: str) -> bytes:
 
     Whitespace and line breaks anywhere are ignored and missing padding is added.
     """
-    raw = text.encode("ascii", errors="strict") if text.isascii() else None
-    if raw is None:
+    if not text.isascii():
         raise ImageInputError("base64_invalid", "contains characters that are not base64")
-    raw = DATA_URL.sub(b"", raw, count=1)
-    raw = WHITESPACE.sub(b"", raw).translate(URL_SAFE).rstrip(b"=")
+    if text[:5].lower() == "data:":
+        text = DATA_URL.sub(b"", text.encode("ascii"), count=1).decode("ascii")
+
+    # Fast path: plain standard base64, as most clients send it. Decoding a 4 MB
+    # photo with pybase64 takes under a millisecond, while the normalisation below
+    # copies the text twice, so it only runs when the fast path fails.
+    try:
+        return pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+
+    raw = text.encode("ascii").translate(URL_SAFE, WHITESPACE).rstrip(b"=")
     raw += b"=" * (-len(raw) % 4)
     try:
         return pybase64.b64decode(raw, validate=True)

@@ -18,7 +18,7 @@ from api import __version__
 from api.metrics import MetricsMiddleware
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api.queue import TaskQueue
-from api.routes import detect, health, tasks
+from api.routes import demo, detect, health, tasks
 from api.security import ApiKeyMiddleware
 from api.settings import get_settings
 from common.logs import configure_logging
@@ -103,6 +103,7 @@ def create_app() -> FastAPI:
     app.include_router(detect.router)
     app.include_router(tasks.router)
     app.include_router(health.router)
+    app.include_router(demo.router)
     return app
 
 

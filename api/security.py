@@ -1,4 +1,4 @@
-"""Optional API keys: with API_KEYS set, every route but /health needs one of them."""
+"""Optional API keys: with API_KEYS set, every route but /health and /demo needs one."""
 
 import hmac
 import logging
@@ -8,7 +8,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health"})
+# /demo is a static page without data; its own POST / calls still need a key.
+OPEN_PATHS = frozenset({"/health", "/demo"})
 
 
 def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
