@@ -1,11 +1,13 @@
 """Decode image files of any accepted format into 8-bit BGR arrays for the models.
 
-Pillow decodes every format the API accepts. The orientation stored in EXIF is
-applied first, so coordinates refer to the image as a viewer shows it.
+OpenCV decodes complete JPEG files and Pillow every other format the API
+accepts. Both apply the orientation stored in EXIF, so coordinates refer to the
+image as a viewer shows it.
 """
 
 from io import BytesIO
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
@@ -44,7 +46,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes) -> NDArray[np.uint8]:
-    """Return the first frame of an image file as a contiguous BGR uint8 array."""
+    """Return the first frame of an image file as a contiguous BGR uint8 array.
+
+    Complete JPEG files, the bulk of event photos, go through OpenCV: it decodes
+    a 12-megapixel JPEG in less than half the time of the Pillow path, to the same
+    pixels, and applies the EXIF orientation itself. Every other file, and a JPEG
+    without its end-of-image marker, goes through Pillow, which rejects a
+    truncated body instead of filling the missing rows with grey.
+    """
+    if data[:3] == b"\xff\xd8\xff" and data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if array is not None:
+            return array
+    return decode_with_pillow(data)
+
+
+def decode_with_pillow(data: bytes) -> NDArray[np.uint8]:
+    """Decode any accepted format with Pillow, applying the EXIF orientation."""
     try:
         with Image.open(BytesIO(data)) as image:
             image.seek(0)
@@ -53,5 +71,5 @@ def decode_image(data: bytes) -> NDArray[np.uint8]:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DecodeError(f"the image data could not be decoded: {error}") from error
 
-    array = np.asarray(rgb, dtype=np.uint8)
-    return np.ascontiguousarray(array[:, :, ::-1])
+    bgr: NDArray[np.uint8] = cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
+    return bgr
