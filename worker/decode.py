@@ -55,9 +55,9 @@ def decode_image(data: bytes) -> NDArray[np.uint8]:
     truncated body instead of filling the missing rows with grey.
     """
     if data[:3] == b"\xff\xd8\xff" and data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if array is not None:
-            return array
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if decoded is not None:
+            return np.asarray(decoded, dtype=np.uint8)
     return decode_with_pillow(data)
 
 
@@ -71,5 +71,5 @@ def decode_with_pillow(data: bytes) -> NDArray[np.uint8]:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DecodeError(f"the image data could not be decoded: {error}") from error
 
-    bgr: NDArray[np.uint8] = cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
-    return bgr
+    bgr = cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
+    return np.asarray(bgr, dtype=np.uint8)
