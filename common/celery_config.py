@@ -9,14 +9,21 @@ from kombu import Queue
 
 from common.contract import QUEUE_NAME, TASK_NAME, WEBHOOK_QUEUE_NAME, WEBHOOK_TASK_NAME
 
-# The longest a task may run before the broker hands it to another worker
-# (Redis transport only). It must exceed the longest allowed task, or a slow
-# but healthy task would be delivered twice. Tasks are idempotent, so a second
-# delivery after a crash is safe; it is merely wasted work.
-VISIBILITY_TIMEOUT_S = 3600
+# Seconds after which kombu's Redis transport hands an unacknowledged message
+# to another worker. Workers renew the lease of the message they run on every
+# heartbeat (see worker/lease.py), so this bounds how long a task of a killed
+# worker waits for redelivery, not how long a task may run.
+VISIBILITY_TIMEOUT_S = 30
+
+# Seconds between two scans of an idle worker for messages whose lease expired.
+# kombu's default scan runs every 10 s but queries Redis only on every 10th
+# scan (kombu 5.7: `unacked_restore_interval` times `unacked_restore_throttle`).
+RESTORE_INTERVAL_S = 2
 
 
-def celery_settings(redis_url: str) -> dict[str, Any]:
+def celery_settings(
+    redis_url: str, visibility_timeout: int = VISIBILITY_TIMEOUT_S
+) -> dict[str, Any]:
     """Return the Celery configuration for a broker at `redis_url`."""
     return {
         "broker_url": redis_url,
@@ -40,8 +47,16 @@ def celery_settings(redis_url: str) -> dict[str, Any]:
         # One message at a time per worker: a prefetched task would wait behind a
         # long one instead of going to an idle worker.
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            "unacked_restore_interval": RESTORE_INTERVAL_S,
+            "unacked_restore_throttle": 1,
+        },
+        # A worker keeps reconnecting while Redis is down, at start and later,
+        # instead of exiting after Celery's default of 100 attempts.
         "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "task_send_sent_event": False,

@@ -64,6 +64,7 @@ ErrorCode = Literal[
     "image_missing",
     "cancelled",
     "time_limit_exceeded",
+    "worker_lost",
     "internal_error",
 ]
 

@@ -11,16 +11,25 @@ from typing import Any
 
 import redis
 from celery import Celery, Task, signals
+from celery.worker.request import Request
 
 from common.celery_config import celery_settings
-from common.contract import FINAL_STATES, TASK_NAME, WEBHOOK_TASK_NAME, DetectionParams
+from common.contract import (
+    FINAL_STATES,
+    TASK_NAME,
+    WEBHOOK_TASK_NAME,
+    DetectionParams,
+    task_key,
+)
 from common.logs import configure_logging
 from worker.heartbeat import Heartbeat, package_version
+from worker.lease import DeliveryLease
 from worker.metrics import TASKS, serve_metrics
 from worker.model_files import resolve_model_files
 from worker.models import load_models
 from worker.settings import get_settings
 from worker.tasks import TaskRunner, worker_name
+from worker.watchdog import Watchdog
 from worker.webhooks import WebhookDeliveryError, claim_delivery, deliver, release_delivery
 
 logger = logging.getLogger("worker")
@@ -30,14 +39,16 @@ settings = get_settings()
 # worker_init, which loads the models, before it sets up logging.
 configure_logging(settings.log_level, settings.log_format)
 app = Celery("eventsnap-worker")
-app.conf.update(celery_settings(settings.redis_url))
+app.conf.update(celery_settings(settings.redis_url, settings.broker_visibility_timeout))
 
 
 class WorkerState:
-    """What the worker process holds between tasks: the runner and its heartbeat."""
+    """The worker process's state between tasks: runner, heartbeat, lease and watchdog."""
 
     runner: TaskRunner | None = None
     heartbeat: Heartbeat | None = None
+    lease: DeliveryLease | None = None
+    watchdog: Watchdog | None = None
 
 
 state = WorkerState()
@@ -65,6 +76,8 @@ def load_on_start(**_: Any) -> None:
     serve_metrics(settings.worker_metrics_port)
     client = redis.Redis.from_url(settings.redis_url)
     state.runner = TaskRunner(client, models, settings)
+    state.lease = DeliveryLease(client)
+    state.watchdog = Watchdog(settings.task_hard_time_limit, fail_past_hard_limit)
     state.heartbeat = Heartbeat(
         client,
         state.runner.name,
@@ -78,6 +91,21 @@ def load_on_start(**_: Any) -> None:
             "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
             "insightface": package_version("insightface"),
         },
+        state.lease,
+    )
+
+
+def fail_past_hard_limit(task_id: str) -> None:
+    """Record a task that ran past the hard time limit as failed; the watchdog calls this."""
+    if state.runner is None:
+        return
+    limit = settings.task_hard_time_limit
+    state.runner.store_failure(
+        task_id,
+        int(state.runner.redis.hget(task_key(task_id), "total") or 0),
+        "time_limit_exceeded",
+        f"The task ran longer than TASK_HARD_TIME_LIMIT ({limit:g} s) and its worker process "
+        "was ended; submit fewer images per task.",
     )
 
 
@@ -85,7 +113,29 @@ def load_on_start(**_: Any) -> None:
 def start_heartbeat(**_: Any) -> None:
     if state.heartbeat is not None:
         state.heartbeat.start()
-    logger.info("Worker ready: consuming tasks")
+    if state.watchdog is not None:
+        state.watchdog.start()
+    logger.info(
+        "Worker ready: consuming tasks; visibility_timeout=%ds soft_limit=%gs hard_limit=%gs "
+        "max_attempts=%d",
+        settings.broker_visibility_timeout,
+        settings.task_soft_time_limit,
+        settings.task_hard_time_limit,
+        settings.task_max_attempts,
+    )
+
+
+@signals.task_received.connect
+def lease_message(request: Request, **_: Any) -> None:
+    """Start renewing the lease of a message once the worker holds it."""
+    if state.lease is not None and request.id:
+        state.lease.begin(request.id, str(request.message.delivery_tag))
+
+
+@signals.task_postrun.connect
+def release_message(task_id: str, **_: Any) -> None:
+    if state.lease is not None:
+        state.lease.end(task_id)
 
 
 @signals.worker_shutdown.connect
@@ -98,9 +148,13 @@ def stop_heartbeat(**_: Any) -> None:
 @app.task(name=TASK_NAME, ignore_result=True)
 def embed_faces(task_id: str, image_count: int, params: DetectionParams, request_id: str) -> str:
     """Detect and embed the faces of one task's images; the result goes to Redis."""
-    if state.runner is None:
+    if state.runner is None or state.watchdog is None:
         raise RuntimeError("models are not loaded; the worker_init handler did not run")
-    final_state = state.runner.run(task_id, image_count, params, request_id)
+    state.watchdog.begin(task_id, request_id)
+    try:
+        final_state = state.runner.run(task_id, image_count, params, request_id)
+    finally:
+        state.watchdog.end()
     TASKS.labels(final_state).inc()
     if final_state in FINAL_STATES:
         enqueue_webhook(state.runner.redis, task_id)

@@ -13,6 +13,7 @@ import orjson
 import redis
 
 from common.contract import worker_key
+from worker.lease import DeliveryLease
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +31,17 @@ def package_version(name: str) -> str | None:
 
 
 class Heartbeat:
-    """A daemon thread that refreshes this worker's key until stopped."""
+    """A daemon thread that refreshes this worker's key and its message lease until stopped."""
 
-    def __init__(self, client: redis.Redis, name: str, info: dict[str, object]) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        name: str,
+        info: dict[str, object],
+        lease: DeliveryLease | None = None,
+    ) -> None:
         self.redis = client
+        self.lease = lease
         self.key = worker_key(name)
         self.info = {**info, "name": name, "started_at": time.time()}
         self.stopped = threading.Event()
@@ -55,6 +63,8 @@ class Heartbeat:
     def beat(self) -> None:
         document = {**self.info, "beat_at": time.time()}
         self.redis.set(self.key, orjson.dumps(document), ex=HEARTBEAT_TTL_S)
+        if self.lease is not None:
+            self.lease.renew()
 
     def _loop(self) -> None:
         while not self.stopped.is_set():

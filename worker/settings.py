@@ -92,6 +92,30 @@ class WorkerSettings(BaseSettings):
         description="Longest wait between webhook retries, in seconds. Waits double from "
         "1 s up to this value, each shortened by random jitter.",
     )
+    broker_visibility_timeout: int = Field(
+        default=30,
+        ge=15,
+        description="Seconds after the last lease renewal at which the broker hands a task "
+        "of a dead worker to another one. Live workers renew every 5 s.",
+    )
+    task_soft_time_limit: float = Field(
+        default=600.0,
+        ge=0,
+        description="Seconds a task may run; checked between detector batches, then the task "
+        "ends failed with code time_limit_exceeded. 0 disables the limit.",
+    )
+    task_hard_time_limit: float = Field(
+        default=900.0,
+        ge=0,
+        description="Seconds after which a watchdog marks a still running task failed and "
+        "exits the worker process, for a model call that never returns. 0 disables it.",
+    )
+    task_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Starts of one task (the first delivery plus redeliveries after its "
+        "worker died) after which it ends failed with code worker_lost.",
+    )
     worker_metrics_port: int = Field(
         default=9808,
         ge=0,

@@ -18,6 +18,7 @@ from redis.client import Pipeline
 from common.contract import (
     FINAL_STATES,
     DetectionParams,
+    ErrorCode,
     ImageError,
     done_key,
     image_key,
@@ -35,17 +36,36 @@ FINISH_ATTEMPTS = 5
 
 MARK_RUNNING_SCRIPT = """
 local state = redis.call('HGET', KEYS[1], 'state')
+local attempts = 0
 if state == 'queued' or state == 'running' then
+  attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
   redis.call('HSET', KEYS[1], 'state', 'running', 'done', 0, 'started_at', ARGV[1],
              'worker', ARGV[2])
 end
-return state
+return {state, attempts}
 """
-"""Lua script: set a queued or running task to running and return its previous state.
+"""Lua script: set a queued or running task to running; return its previous state and attempts.
 
 A task found running was redelivered after its worker died, so its progress
-starts again from 0.
+starts again from 0 and `attempts` counts the starts, including this one.
+The previous state is false (nil) for an expired task, and attempts is 0
+unless the task was set to running.
 """
+
+
+class SoftDeadline:
+    """The soft time limit of one task run, checked between detector batches and chunks."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.started = time.monotonic()
+        self.exceeded = False
+
+    def check(self) -> bool:
+        """Return whether the limit has passed, remembering it once it has."""
+        if self.limit_s and time.monotonic() - self.started > self.limit_s:
+            self.exceeded = True
+        return self.exceeded
 
 
 def worker_name() -> str:
@@ -79,7 +99,8 @@ class TaskRunner:
             raise
         except Exception as error:
             logger.exception("Task %s failed", task_id)
-            self._store_failure(task_id, image_count, f"{type(error).__name__}: {error}")
+            message = f"{type(error).__name__}: {error}"
+            self.store_failure(task_id, image_count, "internal_error", message)
             return "failed"
         finally:
             request_id_var.reset(token)
@@ -99,26 +120,65 @@ class TaskRunner:
             self._notify(task_id)
             return state
 
-        if not self._mark_running(task_id):
+        attempts = self._mark_running(task_id)
+        if not attempts:
             # Cancelled or expired between the check above and now.
             return self._run(task_id, image_count, params)
-        logger.info("Task %s started: %d images, params=%s", task_id, image_count, params)
+        max_attempts = self.settings.task_max_attempts
+        if attempts > max_attempts:
+            logger.error(
+                "Task %s: its worker died in each of its %d starts (TASK_MAX_ATTEMPTS=%d); "
+                "failing it", task_id, attempts - 1, max_attempts,
+            )  # fmt: skip
+            self.store_failure(
+                task_id,
+                image_count,
+                "worker_lost",
+                f"The task was started {attempts - 1} times (TASK_MAX_ATTEMPTS={max_attempts}) "
+                "and its worker stopped each time before it finished, for example killed for "
+                "memory; it is not retried again.",
+            )
+            return self.state(task_id) or "missing"
+        logger.info(
+            "Task %s started: %d images, params=%s, attempt %d", task_id, image_count, params,
+            attempts,
+        )  # fmt: skip
+
+        deadline = SoftDeadline(self.settings.task_soft_time_limit)
+
+        def should_stop() -> bool:
+            return deadline.check() or self.state(task_id) == "cancelled"
 
         timer = StageTimer()
         faces: list[list[dict[str, object]] | None] = []
         errors: list[ImageError] = []
         chunk = self.settings.chunk_images
         for first in range(0, image_count, chunk):
-            if self.state(task_id) == "cancelled":
+            if should_stop():
                 break
             indexes = range(first, min(first + chunk, image_count))
             files = self._read_images(task_id, indexes)
             chunk_faces, chunk_errors = self.processor.process(
-                files, first, params, timer, lambda: self.state(task_id) == "cancelled"
+                files, first, params, timer, should_stop
             )
             faces.extend(chunk_faces)
             errors.extend(chunk_errors)
             self.redis.hincrby(task_key(task_id), "done", len(indexes))
+
+        if deadline.exceeded:
+            limit = self.settings.task_soft_time_limit
+            logger.error(
+                "Task %s exceeded TASK_SOFT_TIME_LIMIT (%g s) after %d of %d images",
+                task_id, limit, len(faces), image_count,
+            )  # fmt: skip
+            self.store_failure(
+                task_id,
+                image_count,
+                "time_limit_exceeded",
+                f"The task ran longer than TASK_SOFT_TIME_LIMIT ({limit:g} s) and was stopped "
+                f"after {len(faces)} of {image_count} images; submit fewer images per task.",
+            )
+            return self.state(task_id) or "missing"
 
         stored = self.state(task_id) == "running" and self._store_result(
             task_id, image_count, faces, errors, timer
@@ -146,16 +206,17 @@ class TaskRunner:
         )
         return "succeeded"
 
-    def _mark_running(self, task_id: str) -> bool:
+    def _mark_running(self, task_id: str) -> int:
         """Set a queued task (or one redelivered after a crash) to running.
 
-        Returns False when the task is no longer queued or running. One Lua
-        script, so a cancellation at the same moment is never overwritten.
+        Returns the number of starts of the task including this one, or 0 when
+        the task is no longer queued or running. One Lua script, so a
+        cancellation at the same moment is never overwritten.
         """
-        previous = self.redis.eval(
+        _, attempts = self.redis.eval(
             MARK_RUNNING_SCRIPT, 1, task_key(task_id), time.time(), self.name
         )
-        return previous in (b"queued", b"running")
+        return int(attempts)
 
     def _finish(self, task_id: str, write: Callable[[Pipeline], object]) -> bool:
         """Run `write` in a MULTI/EXEC transaction if the task is still unfinished.
@@ -221,12 +282,13 @@ class TaskRunner:
 
         return self._finish(task_id, write)
 
-    def _store_failure(self, task_id: str, image_count: int, reason: str) -> None:
-        """Mark the whole task failed with its reason and wake the waiter.
+    def store_failure(self, task_id: str, image_count: int, code: ErrorCode, message: str) -> None:
+        """Mark the whole task failed with an error code and message, and wake the waiter.
 
-        A task that was cancelled or expired meanwhile keeps that state.
+        A task that was cancelled, finished or expired meanwhile keeps that state.
+        The hard time limit's watchdog calls this from its own thread.
         """
-        error: ImageError = {"index": None, "code": "internal_error", "message": reason}
+        error: ImageError = {"index": None, "code": code, "message": message}
         ttl = self.settings.result_ttl
 
         def write(pipe: Pipeline) -> None:
