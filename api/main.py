@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from api import __version__
 from api.metrics import MetricsMiddleware
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.queue import TaskQueue
+from api.queue import QueueFullError, TaskQueue
 from api.routes import demo, detect, health, tasks
 from api.security import ApiKeyMiddleware
 from api.settings import get_settings
@@ -30,6 +30,7 @@ BROKER_ERRORS = (
     redis.exceptions.TimeoutError,
     kombu.exceptions.OperationalError,
 )
+QUEUE_FULL_RETRY_AFTER_S = "5"
 
 
 @asynccontextmanager
@@ -70,6 +71,19 @@ async def broker_unavailable(request: Request, error: Exception) -> JSONResponse
     )
 
 
+async def queue_full(request: Request, error: Exception) -> JSONResponse:
+    """Answer 503 with Retry-After when too many tasks wait in the queue."""
+    logger.warning("Queue full during %s %s: %s", request.method, request.url.path, error)
+    return JSONResponse(
+        {
+            "detail": f"The queue is full: {error}, so the request was not queued. "
+            "Retry after a few seconds, or ask the operators to add workers."
+        },
+        status_code=503,
+        headers={"Retry-After": QUEUE_FULL_RETRY_AFTER_S},
+    )
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -100,6 +114,7 @@ def create_app() -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     for error_type in BROKER_ERRORS:
         app.add_exception_handler(error_type, broker_unavailable)
+    app.add_exception_handler(QueueFullError, queue_full)
     app.include_router(detect.router)
     app.include_router(tasks.router)
     app.include_router(health.router)

@@ -24,6 +24,7 @@ from api.images import CheckedImage
 from api.settings import ApiSettings
 from common.celery_config import celery_settings
 from common.contract import (
+    QUEUE_NAME,
     TASK_NAME,
     WEBHOOK_TASK_NAME,
     DetectionParams,
@@ -39,6 +40,15 @@ from common.contract import (
 from common.task_document import CALLBACK_FIELD, CLAIM_WEBHOOK_SCRIPT, WEBHOOK_CLAIM_FIELD
 
 logger = logging.getLogger(__name__)
+
+
+class QueueFullError(Exception):
+    """The queue holds MAX_QUEUE_DEPTH or more waiting task messages."""
+
+    def __init__(self, depth: int, limit: int) -> None:
+        super().__init__(f"{depth} tasks are waiting, the limit is {limit} (MAX_QUEUE_DEPTH)")
+        self.depth = depth
+        self.limit = limit
 
 
 @dataclass
@@ -93,8 +103,15 @@ class TaskQueue:
         """Store the images and the task document, then enqueue the task; return its id.
 
         If the message cannot be sent, the stored keys are deleted again, so no
-        task stays `queued` without a message that would run it.
+        task stays `queued` without a message that would run it. Raises
+        QueueFullError, before storing anything, when MAX_QUEUE_DEPTH messages
+        are waiting. Concurrent requests may pass the check together, so the
+        queue can exceed the limit by the number of requests in flight.
         """
+        depth = await self.redis.llen(QUEUE_NAME)
+        if depth >= self.settings.max_queue_depth:
+            raise QueueFullError(depth, self.settings.max_queue_depth)
+
         task_id = task_id or uuid.uuid4().hex
         ttl = self.settings.result_ttl
         document: dict[FieldT, EncodableT] = {

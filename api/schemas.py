@@ -7,6 +7,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.contract import DetectionParams
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+# The largest max_faces accepted. Larger integers do not fit the 64-bit
+# integers that orjson writes and NumPy indexes with, and no image has more faces.
+MAX_FACES_LIMIT = 2**31 - 1
 
 T1_EXAMPLE = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0a..."
 
@@ -16,7 +19,7 @@ class DetectParameters(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    max_faces: int | None = Field(default=None, ge=0)
+    max_faces: int | None = Field(default=None, ge=0, le=MAX_FACES_LIMIT)
     det_conf: Probability | None = None
     nms_thresh: Probability | None = None
 
@@ -43,7 +46,10 @@ class DetectRequest(BaseModel):
         "prefix, line breaks, missing padding and the URL-safe alphabet are accepted.",
     )
     max_faces: int = Field(
-        default=0, ge=0, description="Faces returned per image, largest first; 0 returns all."
+        default=0,
+        ge=0,
+        le=MAX_FACES_LIMIT,
+        description="Faces returned per image, largest first; 0 returns all.",
     )
     det_conf: Probability = Field(default=0.5, description="Detector score threshold.")
     nms_thresh: Probability = Field(

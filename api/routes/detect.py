@@ -11,7 +11,13 @@ from api.body import read_body
 from api.deps import QueueDep, SettingsDep
 from api.images import CheckedImage, ImageInputError, check_image_bytes
 from api.queue import TaskQueue
-from api.schemas import DetectRequest, FacePublic, MessageResponse, ValidationErrorResponse
+from api.schemas import (
+    MAX_FACES_LIMIT,
+    DetectRequest,
+    FacePublic,
+    MessageResponse,
+    ValidationErrorResponse,
+)
 from api.settings import ApiSettings
 from api.validation import ValidBatch, error_entry, parse_batch
 from common.contract import DetectionParams
@@ -48,8 +54,16 @@ async def read_batch(request: Request, settings: ApiSettings, max_images: int) -
     responses={
         413: {"model": MessageResponse, "description": "Request body over MAX_BODY_BYTES."},
         422: {"model": ValidationErrorResponse, "description": "Invalid image or parameter."},
-        503: {"model": MessageResponse, "description": "Redis unreachable; retry later."},
-        504: {"model": MessageResponse, "description": "No worker answered in time."},
+        503: {
+            "model": MessageResponse,
+            "description": "Redis unreachable or MAX_QUEUE_DEPTH tasks waiting; retry after "
+            "`Retry-After` seconds.",
+        },
+        504: {
+            "model": MessageResponse,
+            "description": "No worker answered within REQUEST_TIMEOUT, or the task ran past "
+            "the workers' time limit.",
+        },
     },
 )
 async def detect_faces(request: Request, queue: QueueDep, settings: SettingsDep) -> Response:
@@ -65,15 +79,25 @@ async def detect_faces(request: Request, queue: QueueDep, settings: SettingsDep)
     responses={
         413: {"model": MessageResponse, "description": "Request body over MAX_BODY_BYTES."},
         422: {"model": ValidationErrorResponse, "description": "Invalid file or parameter."},
-        503: {"model": MessageResponse, "description": "Redis unreachable; retry later."},
-        504: {"model": MessageResponse, "description": "No worker answered in time."},
+        503: {
+            "model": MessageResponse,
+            "description": "Redis unreachable or MAX_QUEUE_DEPTH tasks waiting; retry after "
+            "`Retry-After` seconds.",
+        },
+        504: {
+            "model": MessageResponse,
+            "description": "No worker answered within REQUEST_TIMEOUT, or the task ran past "
+            "the workers' time limit.",
+        },
     },
 )
 async def upload_faces(
     queue: QueueDep,
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File(description="Image files, one part each.")],
-    max_faces: Annotated[int, Form(ge=0, description="0 returns all faces.")] = 0,
+    max_faces: Annotated[
+        int, Form(ge=0, le=MAX_FACES_LIMIT, description="0 returns all faces.")
+    ] = 0,
     det_conf: Annotated[float, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.5,
     nms_thresh: Annotated[float, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.4,
 ) -> Response:
@@ -159,6 +183,11 @@ async def detect_and_wait(
                 if error["index"] is not None
             ]
         )
+    if outcome.state == "failed" and any(
+        error["code"] == "time_limit_exceeded" for error in outcome.errors
+    ):
+        logger.warning("Task %s ended by a time limit", task_id)
+        raise HTTPException(504, outcome.errors[0]["message"])
     if outcome.state != "succeeded" or outcome.faces_json is None:
         reasons = "; ".join(error["message"] for error in outcome.errors) or outcome.state
         logger.error("Task %s ended %s: %s", task_id, outcome.state, reasons)

@@ -159,7 +159,11 @@ async def replay_submission(queue: TaskQueue, record: bytes, fingerprint: str) -
             "description": "Invalid image or parameter, a callback_url whose host is not "
             "allowed, or an Idempotency-Key reused with a different body.",
         },
-        503: {"model": MessageResponse, "description": "Redis unreachable; retry later."},
+        503: {
+            "model": MessageResponse,
+            "description": "Redis unreachable or MAX_QUEUE_DEPTH tasks waiting; retry after "
+            "`Retry-After` seconds.",
+        },
     },
 )
 async def submit_task(
