@@ -7,6 +7,7 @@ task, so every line logged while handling them carries it.
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -16,11 +17,33 @@ request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
+# The request id inside the repr of a task's keyword arguments, as Celery logs them.
+CELERY_KWARGS_REQUEST_ID = re.compile(r"'request_id': '([A-Za-z0-9._:-]{1,64})'")
+
+
+def celery_request_id(record: logging.LogRecord) -> str | None:
+    """Return the request id of the task that a Celery log record is about, if any.
+
+    Celery logs "Task ... received" and "Task ... succeeded" outside the task's
+    own code, with the task's keyword arguments (as a repr) in `record.data`,
+    and at DEBUG level whole messages with those arguments in the text.
+    """
+    if not record.name.startswith("celery"):
+        return None
+    data = getattr(record, "data", None)
+    text = str(data.get("kwargs", "")) if isinstance(data, dict) else record.getMessage()
+    match = CELERY_KWARGS_REQUEST_ID.search(text)
+    return match.group(1) if match else None
+
+
 class RequestIdFilter(logging.Filter):
     """Copy the current request id onto each record as `record.request_id`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        request_id = request_id_var.get()
+        if request_id == "-":
+            request_id = celery_request_id(record) or request_id
+        record.request_id = request_id
         return True
 
 
