@@ -29,7 +29,10 @@ def test_schema_fuzz_finds_no_server_error(client: httpx.Client, logs_dir: Path)
         # The stateful phase needs OpenAPI links between operations, which the schema lacks.
         "--phases", "examples,coverage,fuzzing",
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    # From the log folder, so the run leaves its .schemathesis cache there.
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, cwd=logs_dir
+    )
     report.write_text(result.stdout + result.stderr)
 
     assert result.returncode == 0, f"schemathesis found failures:\n{result.stdout[-6000:]}"
