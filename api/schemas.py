@@ -1,6 +1,6 @@
 """Request and response models of the HTTP API; they also produce the OpenAPI schema."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -109,3 +109,31 @@ class MessageResponse(BaseModel):
     """Body of 413, 503 and 504 responses."""
 
     detail: str
+
+
+def inline_refs(node: Any, definitions: dict[str, Any]) -> Any:
+    """Replace every `{"$ref": "#/$defs/Name"}` in a JSON schema with the definition itself."""
+    if isinstance(node, dict):
+        reference = node.get("$ref")
+        if isinstance(reference, str) and reference.startswith("#/$defs/"):
+            return inline_refs(definitions[reference.removeprefix("#/$defs/")], definitions)
+        return {key: inline_refs(value, definitions) for key, value in node.items()}
+    if isinstance(node, list):
+        return [inline_refs(item, definitions) for item in node]
+    return node
+
+
+def json_request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """Return an `openapi_extra` request body for a route that parses its JSON body itself.
+
+    Pydantic puts nested models under `$defs`, which the OpenAPI document does
+    not carry, so they are inlined.
+    """
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_refs(schema, definitions)}},
+        }
+    }

@@ -17,6 +17,7 @@ from api.schemas import (
     FacePublic,
     MessageResponse,
     ValidationErrorResponse,
+    json_request_body,
 )
 from api.settings import ApiSettings
 from api.validation import ValidBatch, error_entry, parse_batch
@@ -26,12 +27,7 @@ from common.logs import request_id_var
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
-REQUEST_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": DetectRequest.model_json_schema()}},
-    }
-}
+REQUEST_BODY = json_request_body(DetectRequest)
 
 
 async def read_batch(request: Request, settings: ApiSettings, max_images: int) -> ValidBatch:

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from api.body import read_body
 from api.deps import QueueDep, SettingsDep
 from api.queue import TaskQueue
-from api.schemas import MessageResponse, ValidationErrorResponse
+from api.schemas import MessageResponse, ValidationErrorResponse, json_request_body
 from api.task_models import TaskAccepted, TaskDocument, TaskRequest
 from api.validation import ValidBatch, error_entry, parse_batch
 from common.contract import FINAL_STATES, task_key
@@ -34,12 +34,7 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 TASK_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 JSON = "application/json"
 
-REQUEST_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {JSON: {"schema": TaskRequest.model_json_schema()}},
-    }
-}
+REQUEST_BODY = json_request_body(TaskRequest)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": MessageResponse, "description": "Unknown task id, or its record expired."}
 }
