@@ -13,7 +13,8 @@ Every key below is written with a TTL, so Redis holds nothing of a task once
 its result has expired.
 """
 
-from typing import Literal, NotRequired, TypedDict
+import json
+from typing import Literal, NamedTuple, NotRequired, TypedDict
 
 TASK_NAME = "eventsnap.embed_faces"
 QUEUE_NAME = "faces"
@@ -111,6 +112,33 @@ def done_key(task_id: str) -> str:
 def idempotency_key(key_digest: str) -> str:
     """Return the key that maps a client's Idempotency-Key (SHA-256 hex) to its task."""
     return f"{KEY_PREFIX}:idempotency:{key_digest}"
+
+
+class DoneMessage(NamedTuple):
+    """What a worker pushes onto a synchronous task's done list when it succeeds."""
+
+    state: str
+    errors: list[ImageError]
+    faces_json: bytes
+
+
+def encode_done(state: str, errors: list[ImageError], faces_json: bytes) -> bytes:
+    """Build a done-list entry that carries the outcome, so the waiter needs no extra read.
+
+    The entry is a JSON header line followed by the result list's JSON bytes,
+    which the API returns as they are. Other wake-ups push a bare token.
+    """
+    header = json.dumps({"state": state, "errors": errors}, separators=(",", ":"))
+    return header.encode() + b"\n" + faces_json
+
+
+def decode_done(entry: bytes) -> DoneMessage | None:
+    """Return the outcome carried by a done-list entry, or None for a bare wake-up token."""
+    header, newline, faces_json = entry.partition(b"\n")
+    if not newline:
+        return None
+    fields = json.loads(header)
+    return DoneMessage(fields["state"], fields["errors"], faces_json)
 
 
 def worker_key(hostname: str) -> str:

@@ -21,6 +21,7 @@ from common.contract import (
     ErrorCode,
     ImageError,
     done_key,
+    encode_done,
     image_key,
     result_key,
     task_key,
@@ -42,9 +43,10 @@ if state == 'queued' or state == 'running' then
   redis.call('HSET', KEYS[1], 'state', 'running', 'done', 0, 'started_at', ARGV[1],
              'worker', ARGV[2])
 end
-return {state, attempts}
+return {state, attempts, redis.call('HGET', KEYS[1], 'kind')}
 """
-"""Lua script: set a queued or running task to running; return its previous state and attempts.
+"""Lua script: set a queued or running task to running; return its previous state, attempts
+and kind.
 
 A task found running was redelivered after its worker died, so its progress
 starts again from 0 and `attempts` counts the starts, including this one.
@@ -66,6 +68,28 @@ class SoftDeadline:
         if self.limit_s and time.monotonic() - self.started > self.limit_s:
             self.exceeded = True
         return self.exceeded
+
+
+class CancellationCheck:
+    """Whether a task was cancelled, asked of Redis at most once per interval.
+
+    A task's first check comes one interval after it started, because the
+    start itself confirmed the task was running; a cancellation is still seen
+    within the interval plus one detector batch.
+    """
+
+    INTERVAL_S = 0.25
+
+    def __init__(self, read_cancelled: Callable[[], bool]) -> None:
+        self.read_cancelled = read_cancelled
+        self.next_check = time.monotonic() + self.INTERVAL_S
+        self.cancelled = False
+
+    def requested(self) -> bool:
+        if not self.cancelled and time.monotonic() >= self.next_check:
+            self.cancelled = self.read_cancelled()
+            self.next_check = time.monotonic() + self.INTERVAL_S
+        return self.cancelled
 
 
 def worker_name() -> str:
@@ -106,7 +130,7 @@ class TaskRunner:
             request_id_var.reset(token)
 
     def _run(self, task_id: str, image_count: int, params: DetectionParams) -> str:
-        state = self.state(task_id)
+        state, attempts, kind = self._mark_running(task_id)
         if state is None:
             logger.warning(
                 "Task %s has no document (expired or never created); dropping it", task_id
@@ -120,10 +144,6 @@ class TaskRunner:
             self._notify(task_id)
             return state
 
-        attempts = self._mark_running(task_id)
-        if not attempts:
-            # Cancelled or expired between the check above and now.
-            return self._run(task_id, image_count, params)
         max_attempts = self.settings.task_max_attempts
         if attempts > max_attempts:
             logger.error(
@@ -146,8 +166,10 @@ class TaskRunner:
 
         deadline = SoftDeadline(self.settings.task_soft_time_limit)
 
+        cancellation = CancellationCheck(lambda: self.state(task_id) == "cancelled")
+
         def should_stop() -> bool:
-            return deadline.check() or self.state(task_id) == "cancelled"
+            return deadline.check() or cancellation.requested()
 
         timer = StageTimer()
         faces: list[list[dict[str, object]] | None] = []
@@ -163,7 +185,9 @@ class TaskRunner:
             )
             faces.extend(chunk_faces)
             errors.extend(chunk_errors)
-            self.redis.hincrby(task_key(task_id), "done", len(indexes))
+            if indexes.stop < image_count:
+                # The final write sets `done` for the last chunk.
+                self.redis.hincrby(task_key(task_id), "done", len(indexes))
 
         if deadline.exceeded:
             limit = self.settings.task_soft_time_limit
@@ -180,9 +204,7 @@ class TaskRunner:
             )
             return self.state(task_id) or "missing"
 
-        stored = self.state(task_id) == "running" and self._store_result(
-            task_id, image_count, faces, errors, timer
-        )
+        stored = self._store_result(task_id, image_count, faces, errors, timer, kind == "sync")
         if not stored:
             final_state = self.state(task_id) or "missing"
             logger.info(
@@ -206,17 +228,22 @@ class TaskRunner:
         )
         return "succeeded"
 
-    def _mark_running(self, task_id: str) -> int:
+    def _mark_running(self, task_id: str) -> tuple[str | None, int, str | None]:
         """Set a queued task (or one redelivered after a crash) to running.
 
-        Returns the number of starts of the task including this one, or 0 when
-        the task is no longer queued or running. One Lua script, so a
-        cancellation at the same moment is never overwritten.
+        Returns the state the task had before, the number of starts including
+        this one (0 when the task was not queued or running, so it was left
+        alone) and the task's kind. One Lua script, so a cancellation at the
+        same moment is never overwritten.
         """
-        _, attempts = self.redis.eval(
+        previous, attempts, kind = self.redis.eval(
             MARK_RUNNING_SCRIPT, 1, task_key(task_id), time.time(), self.name
         )
-        return int(attempts)
+        return (
+            previous.decode() if previous else None,
+            int(attempts),
+            kind.decode() if kind else None,
+        )
 
     def _finish(self, task_id: str, write: Callable[[Pipeline], object]) -> bool:
         """Run `write` in a MULTI/EXEC transaction if the task is still unfinished.
@@ -253,8 +280,12 @@ class TaskRunner:
         faces: list[list[dict[str, object]] | None],
         errors: list[ImageError],
         timer: StageTimer,
+        waiter_present: bool,
     ) -> bool:
         """Store the result, finish the task document, wake the waiter, drop the images.
+
+        For a synchronous task, whose caller waits on the done list, the entry
+        carries the outcome and the result, which saves the caller a read.
 
         One MULTI/EXEC transaction, so a reader sees either the running task or
         the finished one with its result, never half of it. Returns False, and
@@ -276,10 +307,11 @@ class TaskRunner:
                 },
             )
             pipe.expire(task_key(task_id), ttl)
-            pipe.rpush(done_key(task_id), b"1")
+            pipe.rpush(done_key(task_id), token)
             pipe.expire(done_key(task_id), ttl)
             pipe.delete(*[image_key(task_id, index) for index in range(image_count)])
 
+        token = encode_done("succeeded", errors, body) if waiter_present else b"1"
         return self._finish(task_id, write)
 
     def store_failure(self, task_id: str, image_count: int, code: ErrorCode, message: str) -> None:
