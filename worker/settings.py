@@ -68,8 +68,11 @@ class WorkerSettings(BaseSettings):
     detection_batch_size: int = Field(
         default=8, ge=1, description="Letterboxed images per detector run."
     )
+    # On 2 CPU cores the recognizer's time per face was flat from 8 to 128 faces
+    # per run, so larger batches only held more memory. On a GPU a larger value
+    # may pay off; bench/gpu.sh measures batch sizes there.
     recognition_batch_size: int = Field(
-        default=64, ge=1, description="Faces per recognizer run; bounds its memory."
+        default=32, ge=1, description="Faces per recognizer run; bounds its memory."
     )
     trt_cache_dir: Path = Field(
         default=Path("/var/cache/eventsnap/trt"),
