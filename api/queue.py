@@ -105,9 +105,10 @@ class TaskQueue:
 
         If the message cannot be sent, the stored keys are deleted again, so no
         task stays `queued` without a message that would run it. Raises
-        QueueFullError, before storing anything, when MAX_QUEUE_DEPTH messages
-        are waiting. Concurrent requests may pass the check together, so the
-        queue can exceed the limit by the number of requests in flight.
+        QueueFullError when MAX_QUEUE_DEPTH messages are waiting; the keys
+        written in the same round trip are deleted again before it raises.
+        Concurrent requests may pass the check together, so the queue can
+        exceed the limit by the number of requests in flight.
         """
         task_id = task_id or uuid.uuid4().hex
         ttl = self.settings.result_ttl
@@ -122,7 +123,7 @@ class TaskQueue:
             **(extra or {}),
         }
 
-        # The queue depth is read in the same round trip as the writes; when the
+        # The queue depth is read in the same round trip as the writes. When the
         # queue turns out to be full, the keys just written are deleted again.
         keys = [image_key(task_id, index) for index in range(len(images))]
         pipe = self.redis.pipeline(transaction=False)

@@ -30,8 +30,10 @@ def key_matches(candidate: bytes, keys: list[bytes]) -> bool:
 
 
 class ApiKeyMiddleware:
-    """Answer 401 to requests without a valid key. CORS preflights pass, since browsers
-    send them without credentials."""
+    """Reject requests without a valid key with 401.
+
+    CORS preflights pass, because browsers send them without credentials.
+    """
 
     def __init__(self, app: ASGIApp, keys: frozenset[str]) -> None:
         self.app = app

@@ -115,7 +115,7 @@ def idempotency_key(key_digest: str) -> str:
 
 
 class DoneMessage(NamedTuple):
-    """What a worker pushes onto a synchronous task's done list when it succeeds."""
+    """The outcome a worker pushes onto a synchronous task's done list when it succeeds."""
 
     state: str
     errors: list[ImageError]
