@@ -54,14 +54,11 @@ async def read_batch(request: Request, settings: ApiSettings, max_images: int) -
     )
 
 
-@router.post(
-    "/",
-    summary="Detect and embed faces, waiting for the result",
-    response_model=list[list[FacePublic]],
-    openapi_extra=REQUEST_BODY,
-    responses={
+def sync_responses(invalid_input: str) -> dict[int | str, dict[str, Any]]:
+    """Return the error responses that both synchronous routes document."""
+    return {
         413: {"model": MessageResponse, "description": "Request body over MAX_BODY_BYTES."},
-        422: {"model": ValidationErrorResponse, "description": "Invalid image or parameter."},
+        422: {"model": ValidationErrorResponse, "description": invalid_input},
         503: {
             "model": MessageResponse,
             "description": "Redis unreachable or MAX_QUEUE_DEPTH tasks waiting; retry after "
@@ -72,7 +69,15 @@ async def read_batch(request: Request, settings: ApiSettings, max_images: int) -
             "description": "No worker answered within REQUEST_TIMEOUT, or the task ran past "
             "the workers' time limit.",
         },
-    },
+    }
+
+
+@router.post(
+    "/",
+    summary="Detect and embed faces, waiting for the result",
+    response_model=list[list[FacePublic]],
+    openapi_extra=REQUEST_BODY,
+    responses=sync_responses("Invalid image or parameter."),
 )
 async def detect_faces(request: Request, queue: QueueDep, settings: SettingsDep) -> Response:
     """Return, per input image in order, its faces largest first with 512-value embeddings."""
@@ -84,20 +89,7 @@ async def detect_faces(request: Request, queue: QueueDep, settings: SettingsDep)
     "/upload",
     summary="Detect and embed faces in uploaded files, waiting for the result",
     response_model=list[list[FacePublic]],
-    responses={
-        413: {"model": MessageResponse, "description": "Request body over MAX_BODY_BYTES."},
-        422: {"model": ValidationErrorResponse, "description": "Invalid file or parameter."},
-        503: {
-            "model": MessageResponse,
-            "description": "Redis unreachable or MAX_QUEUE_DEPTH tasks waiting; retry after "
-            "`Retry-After` seconds.",
-        },
-        504: {
-            "model": MessageResponse,
-            "description": "No worker answered within REQUEST_TIMEOUT, or the task ran past "
-            "the workers' time limit.",
-        },
-    },
+    responses=sync_responses("Invalid file or parameter."),
 )
 async def upload_faces(
     queue: QueueDep,
