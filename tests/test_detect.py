@@ -234,3 +234,13 @@ def test_large_batch_returns_every_image(client: httpx.Client) -> None:
     faces = post(client, images)
 
     assert [len(item) for item in faces] == [1] * 10 + [0]
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "WEBP"])
+def test_malformed_exif_left_unrotated(client: httpx.Client, image_format: str) -> None:
+    """Pillow raises on a broken EXIF block; the pixels are still decoded, unrotated."""
+    data = encode(t1_image(), image_format, exif=b"Exif\x00\x00" + b"\x00" * 8)
+
+    faces = post(client, [data])
+
+    assert len(faces[0]) == 6

@@ -7,6 +7,7 @@ and real API processes. The session worker uses CHUNK_IMAGES=4.
 import hashlib
 import hmac
 import http.server
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -382,6 +383,9 @@ def test_cancel_running_task(
     assert document["state"] == "cancelled"
     assert document["result"] is None
     assert document["progress"]["done"] < 16
+    stopped = re.search(rf"Task {task_id} stopped after (\d+) of 16 images", worker.log())
+    assert stopped is not None
+    assert document["progress"]["done"] <= int(stopped.group(1)) < 16
     assert document["errors"] == [
         {"index": None, "code": "cancelled", "message": "Cancelled by a DELETE request."}
     ]
@@ -457,3 +461,16 @@ def test_cancelled_queued_task_never_runs(logs_dir: Path, receiver: WebhookRecei
             worker.stop()
         api.stop()
         server.stop()
+
+
+def test_empty_idempotency_key_rejected(client: httpx.Client) -> None:
+    response = client.post(
+        "/tasks",
+        json={"inputs": [b64(read(vectron_image("yaoming.jpg")))]},
+        headers={"Idempotency-Key": ""},
+    )
+
+    assert response.status_code == 422
+    [detail] = response.json()["detail"]
+    assert detail["loc"] == ["header", "Idempotency-Key"]
+    assert detail["type"] == "string_too_short"

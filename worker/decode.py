@@ -5,6 +5,7 @@ accepts. Both apply the orientation stored in EXIF, so coordinates refer to the
 image as a viewer shows it.
 """
 
+import logging
 from io import BytesIO
 
 import cv2
@@ -16,6 +17,8 @@ from PIL import Image, ImageOps
 # queued, so Pillow's own decompression-bomb guard would only reject images the
 # operator allowed on purpose.
 Image.MAX_IMAGE_PIXELS = None
+
+logger = logging.getLogger(__name__)
 
 WHITE = (255, 255, 255)
 
@@ -61,15 +64,30 @@ def decode_image(data: bytes) -> NDArray[np.uint8]:
     return decode_with_pillow(data)
 
 
+def apply_orientation(image: Image.Image) -> Image.Image:
+    """Rotate an image as its EXIF orientation says; keep it as it is if the EXIF is broken.
+
+    Pillow raises on a malformed EXIF block while the pixels are intact, and a
+    viewer shows such an image unrotated too.
+    """
+    try:
+        return ImageOps.exif_transpose(image)
+    except (SyntaxError, ValueError, OSError) as error:
+        logger.warning("Ignoring malformed EXIF metadata, image left unrotated: %s", error)
+        return image
+
+
 def decode_with_pillow(data: bytes) -> NDArray[np.uint8]:
     """Decode any accepted format with Pillow, applying the EXIF orientation."""
     try:
         with Image.open(BytesIO(data)) as image:
             image.seek(0)
-            upright = ImageOps.exif_transpose(image)
-            rgb = to_rgb(upright)
+            image.load()
+            rgb = to_rgb(apply_orientation(image))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise DecodeError(f"the image data could not be decoded: {error}") from error
+        raise DecodeError(
+            f"the image data could not be decoded ({error}); send a complete, uncorrupted file"
+        ) from error
 
     bgr = cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
     return np.asarray(bgr, dtype=np.uint8)

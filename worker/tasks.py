@@ -174,6 +174,8 @@ class TaskRunner:
         timer = StageTimer()
         faces: list[list[dict[str, object]] | None] = []
         errors: list[ImageError] = []
+        # Images decoded and detected, or failed; a stop mid-chunk leaves the rest None.
+        processed = 0
         chunk = self.settings.chunk_images
         for first in range(0, image_count, chunk):
             if should_stop():
@@ -185,22 +187,24 @@ class TaskRunner:
             )
             faces.extend(chunk_faces)
             errors.extend(chunk_errors)
+            chunk_processed = sum(item is not None for item in chunk_faces) + len(chunk_errors)
+            processed += chunk_processed
             if indexes.stop < image_count:
                 # The final write sets `done` for the last chunk.
-                self.redis.hincrby(task_key(task_id), "done", len(indexes))
+                self.redis.hincrby(task_key(task_id), "done", chunk_processed)
 
         if deadline.exceeded:
             limit = self.settings.task_soft_time_limit
             logger.error(
                 "Task %s exceeded TASK_SOFT_TIME_LIMIT (%g s) after %d of %d images",
-                task_id, limit, len(faces), image_count,
+                task_id, limit, processed, image_count,
             )  # fmt: skip
             self.store_failure(
                 task_id,
                 image_count,
                 "time_limit_exceeded",
                 f"The task ran longer than TASK_SOFT_TIME_LIMIT ({limit:g} s) and was stopped "
-                f"after {len(faces)} of {image_count} images; submit fewer images per task.",
+                f"after {processed} of {image_count} images; submit fewer images per task.",
             )
             return self.state(task_id) or "missing"
 
@@ -210,7 +214,7 @@ class TaskRunner:
             logger.info(
                 "Task %s stopped after %d of %d images: it is %s",
                 task_id,
-                len(faces),
+                processed,
                 image_count,
                 final_state,
             )
