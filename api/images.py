@@ -21,6 +21,8 @@ ACCEPTED_FORMATS = "JPEG, PNG, WebP, BMP, TIFF or GIF"
 DATA_URL = re.compile(rb"^data:[^,]{0,200}?;base64,", re.IGNORECASE)
 WHITESPACE = b" \t\n\r\x0b\x0c"
 URL_SAFE = bytes.maketrans(b"-_", b"+/")
+# Pillow names the in-memory stream in some messages; clients need not see its address.
+STREAM_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
 class ImageInputError(ValueError):
@@ -140,7 +142,8 @@ def check_image_bytes(data: bytes, max_bytes: int, max_pixels: int) -> CheckedIm
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageInputError(
             "image_invalid",
-            f"has a {image_format} signature but an unreadable header ({error}); "
+            f"has a {image_format} signature but an unreadable header "
+            f"({STREAM_REPR.sub('', str(error)).strip()}); "
             f"send a complete {ACCEPTED_FORMATS} file",
         ) from error
 

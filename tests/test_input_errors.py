@@ -210,3 +210,11 @@ def test_base64_of_valid_image_with_bad_character_rejected(client: httpx.Client)
 
     assert error["loc"] == ["body", "inputs", 0]
     assert error["type"] == "base64_invalid"
+
+
+def test_unreadable_header_message_names_no_object(client: httpx.Client) -> None:
+    error = only_error(post_inputs(client, [b64(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)]))
+
+    assert error["type"] == "image_invalid"
+    assert "BytesIO" not in error["msg"]
+    assert "0x" not in error["msg"]

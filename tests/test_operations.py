@@ -247,3 +247,9 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
         for method, operation in methods.items():
             assert operation.get("summary"), f"{method.upper()} {path} has no summary"
             assert operation.get("description"), f"{method.upper()} {path} has no description"
+
+
+def test_health_answers_head(client: httpx.Client) -> None:
+    response = client.head("/health")
+
+    assert response.status_code == 200

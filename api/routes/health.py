@@ -71,7 +71,7 @@ def not_ready(reason: str, redis_ok: bool) -> JSONResponse:
     )
 
 
-@router.get("/health", summary="The API process is alive")
+@router.api_route("/health", methods=["GET", "HEAD"], summary="The API process is alive")
 async def health() -> dict[str, str]:
     """Return 200 while the API process serves requests; checks nothing else."""
     return {"status": "ok"}

@@ -169,8 +169,10 @@ async def submit_task(
         str | None,
         Header(
             alias="Idempotency-Key",
+            min_length=1,
             max_length=255,
-            description="Any string up to 255 characters. A retry with the same key and the "
+            description="Any string of 1 to 255 characters; an empty key is rejected, because "
+            "every client that sent one would share it. A retry with the same key and the "
             "same body within RESULT_TTL seconds returns the first task instead of a new one.",
         ),
     ] = None,
