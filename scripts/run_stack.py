@@ -16,6 +16,9 @@ from scripts.redis_server import RedisServer, start_redis
 logger = logging.getLogger("run_stack")
 
 API_PORT = os.environ.get("PORT", "5000")
+# Loopback unless HOST says otherwise: a local run has no API keys set, so it
+# should not be reachable from other machines by default.
+API_HOST = os.environ.get("HOST", "127.0.0.1")
 
 
 def main() -> int:
@@ -33,10 +36,10 @@ def main() -> int:
         env=env,
     )  # fmt: skip
     api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", API_PORT],
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", API_HOST, "--port", API_PORT],
         env=env,
     )
-    logger.info("API on http://127.0.0.1:%s, worker pid %d; Ctrl-C stops all", API_PORT, worker.pid)
+    logger.info("API on http://%s:%s, worker pid %d; Ctrl-C stops all", API_HOST, API_PORT, worker.pid)
 
     children = [api, worker]
     stopping = False
