@@ -39,7 +39,9 @@ def main() -> int:
         [sys.executable, "-m", "uvicorn", "api.main:app", "--host", API_HOST, "--port", API_PORT],
         env=env,
     )
-    logger.info("API on http://%s:%s, worker pid %d; Ctrl-C stops all", API_HOST, API_PORT, worker.pid)
+    logger.info(
+        "API on http://%s:%s, worker pid %d; Ctrl-C stops all", API_HOST, API_PORT, worker.pid
+    )
 
     children = [api, worker]
     stopping = False
