@@ -59,7 +59,7 @@ def redact(url: str) -> str:
 
 
 async def broker_unavailable(request: Request, error: Exception) -> JSONResponse:
-    """Answer 503 with Retry-After when Redis cannot be reached."""
+    """Return 503 with Retry-After when Redis cannot be reached."""
     logger.error("Broker unreachable during %s %s: %s", request.method, request.url.path, error)
     return JSONResponse(
         {
@@ -72,7 +72,7 @@ async def broker_unavailable(request: Request, error: Exception) -> JSONResponse
 
 
 async def queue_full(request: Request, error: Exception) -> JSONResponse:
-    """Answer 503 with Retry-After when too many tasks wait in the queue."""
+    """Return 503 with Retry-After when too many tasks wait in the queue."""
     logger.warning("Queue full during %s %s: %s", request.method, request.url.path, error)
     return JSONResponse(
         {
@@ -97,7 +97,7 @@ def create_app() -> FastAPI:
 
     # Starlette runs the middleware added last first. From the outside in: the
     # request id (so even a 401 or 413 carries one), CORS (so browsers get their
-    # headers on every answer), metrics (so rejected requests are counted), the
+    # headers on every response), metrics (so rejected requests are counted), the
     # API key check, then the body size limit.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)

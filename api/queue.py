@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 class QueueFullError(Exception):
-    """The queue holds MAX_QUEUE_DEPTH or more waiting task messages."""
+    """The queue contains MAX_QUEUE_DEPTH or more waiting task messages."""
 
     def __init__(self, depth: int, limit: int) -> None:
         super().__init__(f"{depth} tasks are waiting, the limit is {limit} (MAX_QUEUE_DEPTH)")
@@ -54,7 +54,7 @@ class QueueFullError(Exception):
 
 @dataclass
 class TaskOutcome:
-    """What a finished task left in Redis, read by the API after waiting."""
+    """The state, errors and result bytes a finished task left in Redis."""
 
     state: str
     errors: list[ImageError]
@@ -170,13 +170,13 @@ class TaskQueue:
         Returns None on timeout. The entry may carry the outcome (see
         `common.contract.decode_done`); otherwise read it with `outcome`.
         """
-        # The outer timeout guards against a Redis that accepts the command but never answers.
+        # The outer timeout guards against a Redis that accepts the command but never replies.
         try:
             popped = await asyncio.wait_for(
                 self.waiting_redis.blpop([done_key(task_id)], timeout=timeout), timeout=timeout + 5
             )
         except TimeoutError:
-            logger.warning("Redis did not answer BLPOP for task %s in time", task_id)
+            logger.warning("BLPOP for task %s timed out: Redis sent no reply", task_id)
             return None
         if popped is None:
             return None

@@ -21,7 +21,7 @@ class ApiSettings(BaseSettings):
     request_timeout: float = Field(
         default=60.0,
         gt=0,
-        description="Seconds POST / waits for a worker before answering 504.",
+        description="Seconds POST / waits for a worker before it returns 504.",
     )
     result_ttl: int = Field(
         default=3600,

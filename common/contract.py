@@ -9,7 +9,7 @@ parameters. The worker reads the bytes, updates the task document as images
 finish, stores the result document and pushes a token onto the task's done
 list, which a synchronous caller waits on with BLPOP.
 
-Every key below is written with a TTL, so Redis holds nothing of a task once
+Every key below is written with a TTL, so Redis keeps nothing of a task once
 its result has expired.
 """
 
@@ -90,7 +90,7 @@ class TaskResult(TypedDict):
 
 
 def image_key(task_id: str, index: int) -> str:
-    """Return the Redis key that holds the raw bytes of one input image."""
+    """Return the Redis key that contains the raw bytes of one input image."""
     return f"{KEY_PREFIX}:image:{task_id}:{index}"
 
 
@@ -100,7 +100,7 @@ def task_key(task_id: str) -> str:
 
 
 def result_key(task_id: str) -> str:
-    """Return the Redis key that holds a task's result document (JSON)."""
+    """Return the Redis key that contains a task's result document (JSON)."""
     return f"{KEY_PREFIX}:result:{task_id}"
 
 

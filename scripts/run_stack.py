@@ -16,8 +16,8 @@ from scripts.redis_server import RedisServer, start_redis
 logger = logging.getLogger("run_stack")
 
 API_PORT = os.environ.get("PORT", "5000")
-# Loopback unless HOST says otherwise: a local run has no API keys set, so it
-# should not be reachable from other machines by default.
+# Loopback unless HOST is set, because a local run has no API keys and should
+# not be reachable from other machines by default.
 API_HOST = os.environ.get("HOST", "127.0.0.1")
 
 

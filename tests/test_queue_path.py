@@ -67,7 +67,7 @@ def test_task_message_carries_no_image_bytes(idle_redis: RedisServer, logs_dir: 
     task_id = body["headers"]["id"]
     assert store.get(image_key(task_id, 0)) == photo
     assert 0 < store.ttl(image_key(task_id, 0)) <= 3600
-    # Nobody waits for the answer any more, so a worker arriving later skips it.
+    # No caller waits for the result any more, so a worker arriving later skips it.
     assert store.hget(task_key(task_id), "state") == b"cancelled"
 
 

@@ -65,7 +65,7 @@ def decode_image(data: bytes) -> NDArray[np.uint8]:
 
 
 def apply_orientation(image: Image.Image) -> Image.Image:
-    """Rotate an image as its EXIF orientation says; keep it as it is if the EXIF is broken.
+    """Rotate an image by its EXIF orientation; keep it as it is if the EXIF is broken.
 
     Pillow raises on a malformed EXIF block while the pixels are intact, and a
     viewer shows such an image unrotated too.

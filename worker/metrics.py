@@ -1,7 +1,7 @@
 """Prometheus metrics of a worker process, served on its own port (WORKER_METRICS_PORT).
 
 Each worker exposes its own endpoint, so Prometheus scrapes every worker
-directly; the API's /metrics covers the API process, the queue depth and the
+directly. The API's /metrics covers the API process, the queue depth and the
 number of live workers.
 """
 

@@ -38,7 +38,7 @@ class WorkerSettings(BaseSettings):
     )
     model_root: Path = Field(
         default=Path("~/.insightface/models"),
-        description="Folder that holds model packs, one sub-folder per pack.",
+        description="Folder that contains the model packs, one sub-folder per pack.",
     )
     execution_provider: ProviderName = Field(
         default="auto",

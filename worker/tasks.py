@@ -71,11 +71,11 @@ class SoftDeadline:
 
 
 class CancellationCheck:
-    """Whether a task was cancelled, asked of Redis at most once per interval.
+    """A cached answer to "was this task cancelled?", read from Redis at most once per interval.
 
-    A task's first check comes one interval after it started, because the
-    start itself confirmed the task was running; a cancellation is still seen
-    within the interval plus one detector batch.
+    The first read comes one interval after the start, because the start itself
+    confirmed the task was running. The pipeline calls `requested` between
+    detector batches, so a running task stops within the interval plus one batch.
     """
 
     INTERVAL_S = 0.25

@@ -101,7 +101,7 @@ async def upload_faces(
     det_conf: Annotated[float, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.5,
     nms_thresh: Annotated[float, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.4,
 ) -> Response:
-    """Take `multipart/form-data` with one `files` part per image; answer like POST /."""
+    """Take `multipart/form-data` with one `files` part per image; respond like POST /."""
     if len(files) > settings.max_images_per_request:
         raise RequestValidationError(
             [
@@ -160,7 +160,9 @@ async def detect_and_wait(
         # No caller waits for this task any more, so a worker that picks it up later skips it.
         await queue.cancel_if_unfinished(task_id)
         logger.warning(
-            "Task %s: no worker answered within %.0f s", task_id, settings.request_timeout
+            "Task %s timed out: no worker finished it within %.0f s",
+            task_id,
+            settings.request_timeout,
         )
         raise HTTPException(
             504,

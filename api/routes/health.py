@@ -84,7 +84,7 @@ async def health() -> dict[str, str]:
     responses={503: {"model": ReadyResponse, "description": "Not ready; see `reason`."}},
 )
 async def ready(queue: QueueDep) -> JSONResponse:
-    """Return 200 when Redis answers and at least one worker heartbeat is fresh, else 503."""
+    """Return 200 when Redis replies and at least one worker heartbeat is fresh, else 503."""
     try:
         await queue.redis.ping()
         workers = await live_workers(queue)
